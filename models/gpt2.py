@@ -1,0 +1,114 @@
+"""GPT-2: token and position embeddings, a stack of pre-LayerNorm blocks, a final LayerNorm."""
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import GPT2Config
+from models import hf_checkpoint
+from modules.attention import KVCache, causal_mask
+from modules.gpt2_layer import GPT2Layer
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.word_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(GPT2Layer(config) for _ in range(config.num_hidden_layers))
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(number of residual additions) so the
+        # residual stream's variance does not grow with depth.
+        residual_std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
+        for name, param in self.named_parameters():
+            if name.endswith(("self_attention.dense.weight", "feed_forward.out_dense.weight")):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None) -> dict[str, torch.Tensor]:
+        """`input_ids` is `[B, T]`; `attention_mask` is 1 for real tokens, 0 for padding, and with a cache
+        covers the cached tokens too (`[B, cached + T]`). Returns `last_hidden_state` `[B, T, H]` and
+        `last_token` `[B, H]`, the state of each row's last real token."""
+        batch, seq_len = input_ids.shape
+        past = cache[0].length if cache else 0
+        if past + seq_len > self.config.max_position_embeddings:
+            raise ValueError(f"a sequence of {past + seq_len} tokens is longer than the model's context of "
+                             f"{self.config.max_position_embeddings}; truncate it")
+        if attention_mask is not None and attention_mask.shape != (batch, past + seq_len):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"expected {(batch, past + seq_len)}")
+
+        positions = self.position_ids(attention_mask, past, seq_len, input_ids.device)
+        x = self.embedding_dropout(self.word_embedding(input_ids) + self.position_embedding(positions))
+        mask = self.key_mask(attention_mask, seq_len)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache[i] if cache else None)
+        x = self.final_layer_norm(x)
+        return {"last_hidden_state": x, "last_token": x[torch.arange(batch), self.last_index(attention_mask, seq_len)]}
+
+    @staticmethod
+    def position_ids(attention_mask: torch.Tensor | None, past: int, seq_len: int,
+                     device: torch.device) -> torch.Tensor:
+        # Counting real tokens gives left-padded rows (batched generation) the positions they would have alone.
+        if attention_mask is None:
+            return torch.arange(past, past + seq_len, device=device)[None]
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+
+    @staticmethod
+    def key_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """`[B, 1, T, S]` keys each query may attend to, or None when the causal mask gives the same
+        outputs at every real token: no padding, or padding only after the last real token (right
+        padding), which the causal mask already hides from real tokens."""
+        if attention_mask is None:
+            return None
+        real = attention_mask.bool()
+        num_keys = real.size(1)
+        if seq_len == num_keys:
+            if not (real[:, 1:] & ~real[:, :-1]).any():  # no real token after a pad
+                return None
+        elif real.all():
+            return None
+        allowed = causal_mask(seq_len, num_keys, real.device) & real[:, None, None, :]
+        # Each query always sees itself, so a pad with only pads before it gets no empty (NaN) softmax row.
+        query_positions = torch.arange(num_keys - seq_len, num_keys, device=real.device)
+        itself = query_positions[:, None] == torch.arange(num_keys, device=real.device)
+        return allowed | itself
+
+    @staticmethod
+    def last_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | int:
+        if attention_mask is None:
+            return seq_len - 1
+        real = attention_mask[:, -seq_len:].long()
+        return (real * torch.arange(seq_len, device=real.device)).argmax(-1)
+
+    def hidden_state_to_token(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits through the token embedding, which GPT-2 ties to its output layer."""
+        return F.linear(hidden_state, self.word_embedding.weight)
+
+    def new_cache(self, max_len: int | None = None) -> list[KVCache]:
+        return [KVCache(max_len or self.config.max_position_embeddings) for _ in self.layers]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "gpt2", **config_overrides: Any) -> "GPT2Model":
+        """Load a Hugging Face GPT-2 checkpoint: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a
+        local directory with config.json and model.safetensors or pytorch_model.bin. Sizes come from the
+        checkpoint; `config_overrides` may set dropout or the attention implementation."""
+        directory = hf_checkpoint.resolve_checkpoint(name_or_path)
+        config = GPT2Config.from_hf_dict(hf_checkpoint.read_config(directory), **config_overrides)
+        state = hf_checkpoint.to_our_names(hf_checkpoint.read_weights(directory), config, str(directory))
+        with torch.device("meta"):  # every tensor comes from the checkpoint: skip the random init
+            model = cls(config)
+        model.load_state_dict(state, assign=True)
+        return model

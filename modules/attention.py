@@ -1,0 +1,88 @@
+"""Causal multi-head self-attention with a key/value cache for decoding."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import GPT2Config
+
+
+class KVCache:
+    """One layer's keys and values, preallocated to `max_len` so each decoding step writes in place
+    instead of concatenating the whole prefix again."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store `[B, heads, T, head_size]` keys and values; return all stored so far."""
+        end = self.length + keys.size(2)
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} tokens; {end} were asked for")
+        if self.keys is None:  # allocated on first use, in the dtype autocast produced
+            shape = (keys.size(0), keys.size(1), self.max_len, keys.size(3))
+            self.keys = keys.new_empty(shape)
+            self.values = values.new_empty(shape)
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
+    """`[T, S]` boolean mask; the T queries are the last T of the S key positions."""
+    full = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
+    return full.tril(diagonal=num_keys - num_queries)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.use_sdpa = config.attn_implementation == "sdpa"
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.num_heads, self.head_size).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """`x` is `[B, T, H]`. `mask` is a `[B, 1, T, S]` boolean of the keys each query may attend to,
+        or None for the plain causal mask. With a cache, S counts the cached tokens too."""
+        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        if cache is not None:
+            k, v = cache.append(k, v)
+        attend = self.sdpa_attention if self.use_sdpa else self.eager_attention
+        y = attend(q, k, v, mask)
+        batch, _, seq_len, _ = y.shape
+        return self.dense(y.transpose(1, 2).reshape(batch, seq_len, -1))
+
+    def eager_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention math written out; `sdpa_attention` must give the same result."""
+        if mask is None:
+            mask = causal_mask(q.size(2), k.size(2), q.device)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = F.dropout(scores.softmax(dim=-1), self.dropout_prob, self.training)
+        return probs @ v
+
+    def sdpa_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        """Fused attention; with no mask it can use the flash kernels."""
+        num_queries, num_keys = q.size(2), k.size(2)
+        is_causal = mask is None and num_queries == num_keys
+        if mask is None and 1 < num_queries < num_keys:  # a chunk after a cache: causal with an offset
+            mask = causal_mask(num_queries, num_keys, q.device)
+        dropout = self.dropout_prob if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
