@@ -39,7 +39,7 @@ def download_from_hub(repo_id: str) -> Path:
         raise OSError(
             f"could not download {repo_id!r} from the Hugging Face hub, and it is not in the local cache "
             f"({error.__class__.__name__}). Without network access, download a checkpoint elsewhere "
-            f"(e.g. `huggingface-cli download {repo_id} config.json model.safetensors --local-dir DIR`) "
+            f"(e.g. `hf download {repo_id} config.json model.safetensors --local-dir DIR`) "
             "and pass that directory instead: --model_path DIR, or GPT2Model.from_pretrained(DIR)."
         ) from error
     except RepositoryNotFoundError as error:
