@@ -1,0 +1,214 @@
+"""LoRA adapters on our GPT-2, and the poolers that feed a classification head."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import GPT2Config
+from models.gpt2 import GPT2Model
+from modules.lora import LORA_TARGETS, LoRALinear, apply_lora, merge_lora
+from modules.pooling import POOLING, Pooler
+
+
+def tiny_model() -> GPT2Model:
+    torch.manual_seed(0)
+    config = GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+    return GPT2Model(config).eval()
+
+
+def right_padded_batch(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, 50257, (len(lengths), max(lengths)), generator=generator)
+    attention_mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
+    return input_ids, attention_mask
+
+
+def language_model_loss(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    logits = model.hidden_state_to_token(model(input_ids, attention_mask)["last_hidden_state"])
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())
+
+
+def train_lora(model: GPT2Model, steps: int, lr: float = 1e-2) -> None:
+    """A few AdamW steps on next-token loss. The optimizer is handed every parameter on purpose:
+    freezing, not the caller's parameter list, must keep the base weights fixed."""
+    input_ids, attention_mask = right_padded_batch([12, 7])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        language_model_loss(model, input_ids, attention_mask).backward()
+        optimizer.step()
+    model.eval()
+
+
+def outputs(model: GPT2Model) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(*right_padded_batch([10, 4, 7], seed=3))
+
+
+def lora_parameter_names(model: nn.Module) -> set[str]:
+    return {name for name, _ in model.named_parameters() if name.endswith(("lora_A", "lora_B"))}
+
+
+def test_freshly_wrapped_model_gives_identical_outputs():
+    model = tiny_model()
+    before = outputs(model)
+    apply_lora(model, LORA_TARGETS)
+    after = outputs(model)
+    for key in before:
+        assert torch.equal(before[key], after[key])
+
+
+def test_apply_lora_wraps_named_layers_and_leaves_only_lora_trainable():
+    model = tiny_model()
+    replaced = apply_lora(model, ["query", "value", "out_dense"], rank=4)
+    assert replaced == [f"layers.{i}.{name}" for i in range(2)
+                        for name in ("self_attention.query", "self_attention.value", "feed_forward.out_dense")]
+    assert all(isinstance(model.get_submodule(name), LoRALinear) for name in replaced)
+    assert isinstance(model.layers[0].self_attention.key, nn.Linear)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable == lora_parameter_names(model)
+    assert len(trainable) == 2 * len(replaced)
+    assert model.layers[0].self_attention.query.lora_A.shape == (4, 64)
+    assert model.layers[0].feed_forward.out_dense.lora_B.shape == (64, 4)
+
+
+def test_apply_lora_rejects_unknown_targets_and_bad_rank():
+    with pytest.raises(ValueError, match="query, key, value, dense, interm_dense, out_dense"):
+        apply_lora(tiny_model(), ["query", "c_attn"])
+    with pytest.raises(ValueError, match="non-empty"):
+        apply_lora(tiny_model(), [])
+    with pytest.raises(ValueError, match="rank"):
+        apply_lora(tiny_model(), ["query"], rank=0)
+
+
+def test_training_changes_only_lora_parameters():
+    model = tiny_model()
+    apply_lora(model, LORA_TARGETS, rank=4)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    train_lora(model, steps=3)
+    lora = lora_parameter_names(model)
+    for name, param in model.named_parameters():
+        if name in lora:
+            assert not torch.equal(param, before[name]), f"{name} did not train"
+        else:
+            assert param.grad is None and torch.equal(param, before[name]), f"base weight {name} changed"
+
+
+def test_merged_model_matches_unmerged_and_has_no_adapters_left():
+    model = tiny_model()
+    original = outputs(model)
+    apply_lora(model, LORA_TARGETS, rank=4)
+    train_lora(model, steps=5)
+    unmerged = outputs(model)
+    assert not torch.allclose(unmerged["last_token"], original["last_token"], atol=1e-3)
+    merge_lora(model)
+    merged = outputs(model)
+    for key in unmerged:
+        torch.testing.assert_close(merged[key], unmerged[key], atol=1e-5, rtol=0)
+    assert not any(isinstance(module, LoRALinear) for module in model.modules())
+    assert model.state_dict().keys() == tiny_model().state_dict().keys()
+
+
+def test_lora_factors_follow_base_layer_dtype_and_device():
+    wrapped = LoRALinear(nn.Linear(8, 4, dtype=torch.bfloat16), rank=2, alpha=4, dropout=0.0)
+    assert wrapped.lora_A.dtype == wrapped.lora_B.dtype == torch.bfloat16
+    on_meta = LoRALinear(nn.Linear(8, 4, device="meta"), rank=2, alpha=4, dropout=0.0)
+    assert on_meta.lora_A.is_meta and on_meta.lora_B.is_meta
+
+
+def test_merged_linear_computes_base_plus_scaled_update():
+    torch.manual_seed(0)
+    wrapped = LoRALinear(nn.Linear(8, 4), rank=2, alpha=6, dropout=0.5).eval()
+    nn.init.normal_(wrapped.lora_B)
+    x = torch.randn(3, 8)
+    expected = wrapped.base(x) + x @ wrapped.lora_A.T @ wrapped.lora_B.T * 3.0
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), expected)
+        torch.testing.assert_close(wrapped.merged()(x), expected)
+
+
+# Pooling
+
+LENGTHS = torch.tensor([5, 2, 7])
+
+
+def hidden_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 7, 16, generator=generator)
+    attention_mask = (torch.arange(7)[None] < LENGTHS[:, None]).long()
+    last_token = hidden[torch.arange(3), LENGTHS - 1]
+    return hidden, attention_mask, last_token
+
+
+def with_garbage_pads(hidden: torch.Tensor, attention_mask: torch.Tensor, fill: float | None) -> torch.Tensor:
+    """Pad states overwritten with `fill`, or with large random vectors when `fill` is None."""
+    pads = (attention_mask == 0)[..., None]
+    if fill is None:
+        garbage = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(9)) * 1e4
+    else:
+        garbage = torch.full_like(hidden, fill)
+    return torch.where(pads, garbage, hidden)
+
+
+@pytest.mark.parametrize("method", POOLING)
+@pytest.mark.parametrize("fill", [None, float("nan"), float("inf")], ids=["large-noise", "nan", "inf"])
+def test_pooling_ignores_padding_contents(method, fill):
+    torch.manual_seed(0)
+    pooler = Pooler(16, method)
+    hidden, attention_mask, last_token = hidden_batch()
+    with torch.no_grad():
+        clean = pooler(hidden, attention_mask, last_token)
+        noisy = pooler(with_garbage_pads(hidden, attention_mask, fill), attention_mask, last_token)
+    assert torch.isfinite(noisy).all()
+    torch.testing.assert_close(noisy, clean)
+
+
+def test_mean_and_max_pool_over_real_tokens_only():
+    hidden, attention_mask, last_token = hidden_batch()
+    mean = Pooler(16, "mean")(hidden, attention_mask, last_token)
+    largest = Pooler(16, "max")(hidden, attention_mask, last_token)
+    for row, length in enumerate(LENGTHS):
+        torch.testing.assert_close(mean[row], hidden[row, :length].mean(0))
+        torch.testing.assert_close(largest[row], hidden[row, :length].amax(0))
+
+
+def test_pooling_without_mask_uses_every_token():
+    hidden, _, last_token = hidden_batch()
+    torch.testing.assert_close(Pooler(16, "mean")(hidden, None, last_token), hidden.mean(1))
+
+
+def test_last_pooling_returns_models_last_token():
+    model = tiny_model()
+    input_ids, attention_mask = right_padded_batch([9, 3])
+    with torch.no_grad():
+        out = model(input_ids, attention_mask)
+    pooled = Pooler(64, "last")(out["last_hidden_state"], attention_mask, out["last_token"])
+    assert torch.equal(pooled, out["last_token"])
+
+
+def test_attention_weights_sum_to_one_over_real_tokens():
+    torch.manual_seed(0)
+    pooler = Pooler(16, "attention")
+    hidden, attention_mask, last_token = hidden_batch()
+    with torch.no_grad():
+        weights = pooler.attention_weights(hidden, attention_mask)
+        pooled = pooler(hidden, attention_mask, last_token)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    assert (weights[attention_mask == 0] == 0).all()
+    assert (weights[attention_mask == 1] > 0).all()
+    torch.testing.assert_close(pooled, (weights[..., None] * hidden).sum(1))
+
+
+def test_attention_pooling_is_learnable():
+    torch.manual_seed(0)
+    pooler = Pooler(16, "attention")
+    hidden, attention_mask, last_token = hidden_batch()
+    pooler(hidden, attention_mask, last_token).sum().backward()
+    assert pooler.score.weight.grad is not None and pooler.score.weight.grad.abs().sum() > 0
+
+
+def test_unknown_pooling_method_raises():
+    with pytest.raises(ValueError, match="last, mean, max, attention"):
+        Pooler(16, "cls")
