@@ -97,6 +97,10 @@ class GPT2Model(nn.Module):
         """Vocabulary logits through the token embedding, which GPT-2 ties to its output layer."""
         return F.linear(hidden_state, self.word_embedding.weight)
 
+    def token_logits(self, hidden_state: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of only `token_ids` (e.g. label words): a few rows of the output layer, not all 50,257."""
+        return F.linear(hidden_state, self.word_embedding.weight[token_ids])
+
     def new_cache(self, max_len: int | None = None) -> list[KVCache]:
         return [KVCache(max_len or self.config.max_position_embeddings) for _ in self.layers]
 

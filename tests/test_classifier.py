@@ -1,0 +1,174 @@
+"""classifier.py end to end on real SST rows with a tiny random checkpoint and the real tokenizer."""
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import classifier
+import evaluation
+from datasets import read_sentiment
+from models.gpt2 import GPT2Model
+from modules.lora import LoRALinear, merge_lora
+from training import freeze_for_strategy, make_optimizer
+
+DATA = Path("data")
+
+
+def run_classifier(monkeypatch, tmp_path: Path, checkpoint: Path, *flags: str) -> dict[str, float]:
+    argv = ["classifier.py", "--model_path", str(checkpoint), "--dataset", "sst", "--train_limit", "64",
+            "--batch_size", "16", "--epochs", "2", "--run_dir", str(tmp_path / "runs"),
+            "--predictions_dir", str(tmp_path / "predictions"), *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    args = classifier.get_args()
+    return classifier.run_dataset(args, "sst", torch.device("cpu"))
+
+
+def sst_batch(count: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from datasets import tokenize_sentiment
+    from models.tokenizer import load_tokenizer
+    examples = read_sentiment(DATA / "ids-sst-train.csv", 5)[:count]
+    data = tokenize_sentiment(examples, load_tokenizer(), "{sentence}", 128, "sst")
+    batch = data.batches(count, shuffle=False)[0]
+    return batch["input_ids"], batch["attention_mask"], batch["labels"]
+
+
+def classifier_model(checkpoint: Path, mode: str = "full-model", **strategy) -> classifier.SentimentClassifier:
+    torch.manual_seed(0)
+    gpt = GPT2Model.from_pretrained(checkpoint)
+    args = Namespace(**{"lora": False, "train_top_layers": 0, "lora_rank": 4, "lora_alpha": 8.0,
+                        "lora_dropout": 0.0, "lora_targets": "query,value", **strategy})
+    freeze_for_strategy(gpt, args, train_gpt=mode == "full-model")
+    return classifier.SentimentClassifier(gpt, 5, "last", 0.0)
+
+
+def train_steps(model, steps: int, lr: float = 1e-3) -> list[float]:
+    input_ids, mask, labels = sst_batch()
+    optimizer = make_optimizer(model, lr, 0.01, model.gpt.config.num_hidden_layers)
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(input_ids, mask), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_a_few_steps_on_real_sst_rows_lower_the_loss(tiny_checkpoint):
+    losses = train_steps(classifier_model(tiny_checkpoint[0]).train(), steps=15)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_last_linear_layer_leaves_every_gpt2_weight_bit_identical(tiny_checkpoint):
+    model = classifier_model(tiny_checkpoint[0], mode="last-linear-layer").train()
+    gpt_before = {k: v.clone() for k, v in model.gpt.state_dict().items()}
+    head_before = model.classifier.weight.clone()
+    train_steps(model, steps=3)
+    assert all(torch.equal(v, gpt_before[k]) for k, v in model.gpt.state_dict().items())
+    assert not torch.equal(model.classifier.weight, head_before)
+
+
+def test_lora_trains_only_lora_and_head_and_merging_keeps_the_logits(tiny_checkpoint):
+    model = classifier_model(tiny_checkpoint[0], lora=True).train()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or name.startswith(("classifier.", "pooler.")) for name in trainable)
+    base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    train_steps(model, steps=3)
+    changed = {k for k, v in model.state_dict().items() if "lora_" not in k and not torch.equal(v, base_before[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    model.eval()
+    input_ids, mask, _ = sst_batch(8)
+    with torch.no_grad():
+        before = model(input_ids, mask)
+        merge_lora(model.gpt)
+        after = model(input_ids, mask)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+def test_run_writes_gradeable_predictions_for_every_id_in_order(monkeypatch, tmp_path, tiny_checkpoint):
+    results = run_classifier(monkeypatch, tmp_path, tiny_checkpoint[0], "--fine-tune-mode", "full-model",
+                             "--lr", "1e-3")
+    predictions = tmp_path / "predictions"
+    test_ids = [e.id for e in read_sentiment(DATA / "ids-sst-test-student.csv", 5, labelled=False)]
+    assert list(evaluation.read_predictions(predictions / "full-model-sst-test-out.csv")) == test_ids
+    dev_file = predictions / "full-model-sst-dev-out.csv"
+    graded = subprocess.run([sys.executable, "evaluation.py", "grade", str(dev_file), str(DATA / "ids-sst-dev.csv")],
+                            capture_output=True, text=True, check=True)
+    assert f"{results['accuracy']:.4f}" in graded.stdout and results["count"] == 1101
+    run_dir = tmp_path / "runs" / "sst"
+    assert {"best.pt", "last.pt", "metrics.jsonl", "curves.png"} <= {p.name for p in run_dir.iterdir()}
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["identity"]["task"] == "sentiment-sst"
+
+
+def test_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path, tiny_checkpoint):
+    flags = ("--fine-tune-mode", "full-model", "--lr", "1e-3", "--scheduler", "cosine", "--warmup_ratio", "0.2")
+    run_classifier(monkeypatch, tmp_path / "whole", tiny_checkpoint[0], *flags)
+
+    calls, cross_entropy = [0], F.cross_entropy
+
+    def interrupt_in_second_epoch(*args, **kwargs):  # calls: 4 batches, the dev loss, then epoch 1
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(classifier.F, "cross_entropy", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_classifier(monkeypatch, tmp_path / "split", tiny_checkpoint[0], *flags)
+    monkeypatch.setattr(classifier.F, "cross_entropy", cross_entropy)
+    run_classifier(monkeypatch, tmp_path / "split", tiny_checkpoint[0], *flags, "--resume")
+
+    whole = torch.load(tmp_path / "whole/runs/sst/last.pt", weights_only=True)["model"]
+    split = torch.load(tmp_path / "split/runs/sst/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, tiny_checkpoint):
+    calls, cross_entropy = [0], F.cross_entropy
+
+    def nan_in_second_epoch(*args, **kwargs):  # calls: 4 batches, the dev loss, then epoch 1
+        calls[0] += 1
+        loss = cross_entropy(*args, **kwargs)
+        return loss * float("nan") if calls[0] == 7 else loss
+
+    monkeypatch.setattr(classifier.F, "cross_entropy", nan_in_second_epoch)
+    with pytest.raises(SystemExit, match="training loss is nan at epoch 1, batch 1"):
+        run_classifier(monkeypatch, tmp_path, tiny_checkpoint[0], "--fine-tune-mode", "full-model")
+    last = torch.load(tmp_path / "runs/sst/last.pt", weights_only=True)
+    assert last["progress"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+
+
+def test_zero_shot_cloze_writes_predictions(monkeypatch, tmp_path, tiny_checkpoint):
+    results = run_classifier(monkeypatch, tmp_path, tiny_checkpoint[0], "--cloze", "--epochs", "0")
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert (tmp_path / "predictions/last-linear-layer-sst-test-out.csv").is_file()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cloze_logits_are_the_label_words_of_the_language_model_head(tiny_checkpoint):
+    gpt = GPT2Model.from_pretrained(tiny_checkpoint[0]).eval()
+    words = [7818, 2089, 8788, 922, 1049]
+    model = classifier.SentimentClassifier(gpt, 5, "last", 0.0, words)
+    input_ids, mask, _ = sst_batch(4)
+    with torch.no_grad():
+        full = gpt.hidden_state_to_token(gpt(input_ids, mask)["last_token"])
+        torch.testing.assert_close(model(input_ids, mask), full[:, words], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ulmfit", "--lora"], "--ulmfit unfreezes the whole model"),
+    (["--lora"], "use --fine-tune-mode full-model"),
+    (["--cloze", "--pooling", "mean"], "takes no --pooling"),
+    (["--cloze"], "no new head to train"),
+    (["--fine-tune-mode", "full-model", "--cloze", "--label_words", "bad,good"], "needs 5 words"),
+])
+def test_conflicting_flags_are_refused(monkeypatch, tmp_path, tiny_checkpoint, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        run_classifier(monkeypatch, tmp_path, tiny_checkpoint[0], *flags)
