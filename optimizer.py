@@ -14,11 +14,41 @@ and eps is added to the uncorrected sqrt(v) (torch: to sqrt(v / (1 - beta2^t))).
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.optim.optimizer import ParamsT
+
+
+# On the CPU a fresh sqrt(v) buffer the size of the model costs page faults at every step; slices of
+# 2M elements (8 MB in float32) keep that scratch memory small and reused. CUDA's caching allocator
+# reuses the whole buffer, and there one list per kernel means fewer launches.
+CPU_SLICE = 2**21
+
+
+def slices(device: torch.device, *lists: list[torch.Tensor]) -> Iterator[tuple[list[torch.Tensor], ...]]:
+    """The same tensors, as flat views in groups of about CPU_SLICE elements when on the CPU."""
+    if device.type != "cpu":
+        yield lists
+        return
+    group: tuple[list[torch.Tensor], ...] = tuple([] for _ in lists)
+    size = 0
+    for tensors in zip(*lists):
+        if not all(tensor.is_contiguous() for tensor in tensors):  # a flat view needs contiguous memory
+            for views, tensor in zip(group, tensors):
+                views.append(tensor)
+            size += tensors[0].numel()
+            continue
+        for start in range(0, tensors[0].numel(), CPU_SLICE):
+            for views, tensor in zip(group, tensors):
+                views.append(tensor.view(-1)[start:start + CPU_SLICE])
+            size += group[0][-1].numel()
+            if size >= CPU_SLICE:
+                yield group
+                group, size = tuple([] for _ in lists), 0
+    if group[0]:
+        yield group
 
 
 class AdamW(torch.optim.Optimizer):
@@ -79,16 +109,17 @@ class AdamW(torch.optim.Optimizer):
 
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
-            for (_, _, t), (params, grads, exp_avgs, exp_avg_sqs) in buckets.items():
+            for (device, _, t), (params, grads, exp_avgs, exp_avg_sqs) in buckets.items():
                 # mul+add rather than lerp keeps the definition's rounding, so we match it bit for bit
                 torch._foreach_mul_(exp_avgs, beta1)
                 torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
                 torch._foreach_mul_(exp_avg_sqs, beta2)
                 torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
                 step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) if group["correct_bias"] else lr
-                denom = torch._foreach_sqrt(exp_avg_sqs)
-                torch._foreach_add_(denom, eps)
-                torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
+                for param_slice, exp_avg_slice, exp_avg_sq_slice in slices(device, params, exp_avgs, exp_avg_sqs):
+                    denom = torch._foreach_sqrt(exp_avg_sq_slice)
+                    torch._foreach_add_(denom, eps)
+                    torch._foreach_addcdiv_(param_slice, exp_avg_slice, denom, value=-step_size)
                 if wd != 0.0:
                     # not mul_(1 - lr*wd): rounding that factor to float32 would skew a ~1e-5 decay by up to ~0.3%
                     torch._foreach_add_(params, params, alpha=-lr * wd)

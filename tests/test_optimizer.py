@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import optimizer
 from optimizer import AdamW
 
 SHAPES = [(7,), (5, 3), (4, 3, 2), ()]
@@ -59,9 +60,14 @@ def new_state(p: torch.Tensor) -> dict:
     return dict(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
 
 
-def test_matches_reference_definition_over_1000_steps():
+@pytest.mark.parametrize("slice_size", [optimizer.CPU_SLICE, 5], ids=["whole-tensors", "sliced-views"])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_matches_reference_definition_over_1000_steps(monkeypatch, slice_size, contiguous):
+    monkeypatch.setattr(optimizer, "CPU_SLICE", slice_size)
     lrs, wds, eps = (1e-2, 3e-3), (0.1, 0.01), 1e-6
     init = make_params()
+    if not contiguous:  # e.g. a transposed weight
+        init[1] = init[1].t().contiguous().t()
     ours = leaves(init)
     opt = AdamW(two_groups(ours, lrs, wds), betas=BETAS, eps=eps)
     ref = [p.clone() for p in init]
