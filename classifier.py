@@ -16,9 +16,9 @@ from datasets import SENTIMENT_NUM_LABELS, TokenizedDataset, read_sentiment, tok
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.pooling import POOLING, Pooler
-from training import (NonFiniteLoss, Run, TrainSettings, add_model_args, add_training_args, build_gpt2,
-                      choose_device, count_parameters, fit, freeze_for_strategy, gradual_unfreezing,
-                      load_checkpoint, make_optimizer, make_scheduler, predict, seed_everything, tokenizer_for)
+from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
+                      freeze_for_strategy, gradual_unfreezing, predict, seed_everything, tokenizer_for,
+                      train_and_restore_best)
 
 COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per dataset
     "lr": {"last-linear-layer": 1e-3, "full-model": 1e-5},
@@ -138,7 +138,7 @@ def run_dataset(args: argparse.Namespace, dataset: str, device: torch.device) ->
 
     run_dir = (args.run_dir or Path("runs") / f"{args.fine_tune_mode}") / dataset
     identity = {"task": f"sentiment-{dataset}", "model": gpt.config.to_dict(), "cloze": args.cloze,
-                "pooling": args.pooling, "lora": [args.lora_rank, args.lora_targets] if args.lora else None}
+                "pooling": args.pooling, "lora": [args.lora_rank, args.lora_targets, args.dora] if args.lora else None}
     run = Run(run_dir, identity, device, args.resume)
 
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -152,22 +152,13 @@ def run_dataset(args: argparse.Namespace, dataset: str, device: torch.device) ->
                 "loss": F.cross_entropy(scores, torch.tensor(dev.labels)).item()}
 
     if args.epochs > 0:
-        optimizer = make_optimizer(model, lr, args.weight_decay, gpt.config.num_hidden_layers, args.layer_lr_decay)
-        steps = args.epochs * -(-len(train) // (batch_size * args.grad_accum))
-        scheduler = make_scheduler(optimizer, args.scheduler, steps, int(args.warmup_ratio * steps))
-        settings = TrainSettings(args.epochs, args.grad_accum, args.clip_norm, args.precision, args.early_stopping)
-        try:
-            fit(model, optimizer, scheduler, settings, run,
-                train_batches=lambda epoch: train.batches(batch_size, shuffle=True, seed=args.seed + epoch),
-                loss_fn=lambda batch: F.cross_entropy(logits(batch), batch["labels"],
-                                                      label_smoothing=args.label_smoothing),
-                evaluate=evaluate,
-                on_epoch_start=gradual_unfreezing(model, gpt.config.num_hidden_layers) if args.ulmfit else None)
-        except NonFiniteLoss as error:
-            raise SystemExit(str(error)) from None
-        best = load_checkpoint(run.best, identity, device)
-        model.load_state_dict(best["model"])
-        print(f"{dataset}: best dev epoch {best['epoch']}")
+        train_and_restore_best(
+            model, args, lr, gpt.config.num_hidden_layers, run,
+            train_batches=lambda epoch: train.batches(batch_size, shuffle=True, seed=args.seed + epoch),
+            batches_per_epoch=-(-len(train) // batch_size),
+            loss_fn=lambda batch: F.cross_entropy(logits(batch), batch["labels"], label_smoothing=args.label_smoothing),
+            evaluate=evaluate,
+            on_epoch_start=gradual_unfreezing(model, gpt.config.num_hidden_layers) if args.ulmfit else None)
     if args.lora:
         merge_lora(model.gpt)  # the adapters folded into the weights: plain GPT-2 speed at inference
     return write_predictions(args, dataset, model, logits, dev, test, batch_size, device, train)

@@ -56,6 +56,46 @@ def read_sentiment(path: str | Path, num_labels: int, labelled: bool = True) -> 
     return examples
 
 
+@dataclass
+class ParaphraseExample:
+    id: str
+    sentence1: str
+    sentence2: str
+    label: int | None  # 1 duplicate, 0 not; None in the unlabelled test file
+
+
+def read_paraphrase(path: str | Path, labelled: bool = True) -> list[ParaphraseExample]:
+    """Rows of a `quora-*.csv` file. As in the course files, labelled rows whose label is empty or not a
+    number are skipped and counted in one warning; a row without an id or a repeated id is an error."""
+    required = ("id", "sentence1", "sentence2", "is_duplicate") if labelled else ("id", "sentence1", "sentence2")
+    reader, handle = open_course_csv(path, required)
+    examples, seen, skipped = [], set(), []
+    with handle:
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            example_id = (row["id"] or "").strip()
+            if not example_id:
+                raise ValueError(f"{where}: the row has no id")
+            if example_id in seen:
+                raise ValueError(f"{where}: id {example_id} appears twice")
+            seen.add(example_id)
+            label = None
+            if labelled:
+                try:
+                    label = parse_label(row["is_duplicate"], 2, where)
+                except ValueError:
+                    skipped.append(reader.line_num)
+                    continue
+            examples.append(ParaphraseExample(example_id, (row["sentence1"] or "").strip(),
+                                              (row["sentence2"] or "").strip(), label))
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without a 0/1 label (lines "
+                      f"{', '.join(map(str, skipped[:10]))}{', ...' if len(skipped) > 10 else ''})")
+    if not examples:
+        raise ValueError(f"{path} has no usable rows")
+    return examples
+
+
 def parse_label(text: str | None, num_labels: int, where: str) -> int:
     try:
         value = float(text)
@@ -105,16 +145,19 @@ class TokenizedDataset:
     ids: list[str]
     tokens: list[list[int]]
     labels: list[int] | None
+    mirror: list[list[int]] | None = None  # the pairs with their sentences swapped (GPT-1's symmetric input)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def batches(self, batch_size: int, shuffle: bool, seed: int = 0, pad_id: int = 50256) -> list[dict]:
-        """Padded batches; each holds `indices` into the dataset so predictions map back to their rows."""
+        """Padded batches; each holds `indices` into the dataset so predictions map back to their rows. With
+        a mirror, a batch of B examples has 2B rows: the B pairs, then the same pairs swapped."""
         lengths = [len(tokens) for tokens in self.tokens]
         batches = []
         for indices in batch_indices(lengths, batch_size, shuffle, seed):
-            input_ids, attention_mask = pad_to_longest([self.tokens[i] for i in indices], pad_id)
+            rows = [self.tokens[i] for i in indices] + ([self.mirror[i] for i in indices] if self.mirror else [])
+            input_ids, attention_mask = pad_to_longest(rows, pad_id)
             batch = {"indices": torch.tensor(indices), "input_ids": input_ids, "attention_mask": attention_mask}
             if self.labels is not None:
                 batch["labels"] = torch.tensor([self.labels[i] for i in indices])
@@ -133,6 +176,27 @@ def tokenize_sentiment(examples: list[SentimentExample], tokenizer: PreTrainedTo
         warnings.warn(f"{source}: {cut} sentence(s) were longer than {max_len} tokens and were cut at the end")
     labels = None if examples[0].label is None else [example.label for example in examples]
     return TokenizedDataset([example.id for example in examples], tokens, labels)
+
+
+def tokenize_paraphrase(examples: list[ParaphraseExample], tokenizer: PreTrainedTokenizerBase, template: str,
+                        max_len: int, source: str, symmetric: bool = False) -> TokenizedDataset:
+    """Each pair in `template` (fields {s1} and {s2}); with `symmetric`, also with the two swapped."""
+    orders = [("sentence1", "sentence2"), ("sentence2", "sentence1")] if symmetric else [("sentence1", "sentence2")]
+    encoded, cut = [], 0
+    for first, second in orders:
+        tokens = []
+        for example in examples:
+            fields = {"s1": getattr(example, first), "s2": getattr(example, second)}
+            ids, truncated = encode_prompt(tokenizer, template, fields, max_len)
+            tokens.append(ids)
+            cut += truncated
+        encoded.append(tokens)
+    if cut:
+        warnings.warn(f"{source}: {cut} prompt(s) were longer than {max_len} tokens; their questions were cut "
+                      "at the end")
+    labels = None if examples[0].label is None else [example.label for example in examples]
+    return TokenizedDataset([example.id for example in examples], encoded[0], labels,
+                            encoded[1] if symmetric else None)
 
 
 def pad_to_longest(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -331,6 +331,28 @@ def train_epoch(model, optimizer, scheduler, scaler, settings, run, train_batche
     log.log(**record)
 
 
+def train_and_restore_best(model: nn.Module, args: argparse.Namespace, lr: float, num_layers: int, run: Run,
+                           train_batches: Callable[[int], list[dict[str, torch.Tensor]]], batches_per_epoch: int,
+                           loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                           evaluate: Callable[[], dict[str, Any]], metric: str = "accuracy",
+                           on_epoch_start: Callable[[int], None] | None = None) -> tuple[dict[str, Any], RunLog]:
+    """Build the optimizer and schedule the flags ask for, train, and load the best dev epoch's weights.
+    Returns the best checkpoint's state and the run's log."""
+    optimizer = make_optimizer(model, lr, args.weight_decay, num_layers, args.layer_lr_decay)
+    steps = args.epochs * -(-batches_per_epoch // args.grad_accum)
+    scheduler = make_scheduler(optimizer, args.scheduler, steps, int(args.warmup_ratio * steps))
+    settings = TrainSettings(args.epochs, args.grad_accum, args.clip_norm, args.precision, args.early_stopping,
+                             metric)
+    try:
+        log = fit(model, optimizer, scheduler, settings, run, train_batches, loss_fn, evaluate, on_epoch_start)
+    except NonFiniteLoss as error:
+        raise SystemExit(str(error)) from None
+    best = load_checkpoint(run.best, run.identity, run.device)
+    model.load_state_dict(best["model"])
+    print(f"best dev epoch {best['epoch']}: {metric} {best['metrics'][metric]:.4f}")
+    return best, log
+
+
 @torch.no_grad()
 def predict(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device, precision: str,
             score: Callable[[dict[str, torch.Tensor]], torch.Tensor], size: int, desc: str) -> torch.Tensor:
@@ -378,6 +400,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora_rank", type=int, default=8)
     parser.add_argument("--lora_alpha", type=float, default=16.0)
     parser.add_argument("--lora_dropout", type=float, default=0.05)
+    parser.add_argument("--dora", action="store_true", help="with --lora: weight-decomposed LoRA (DoRA)")
     parser.add_argument("--lora_targets", default="query,value",
                         help=f"comma-separated, from {','.join(LORA_TARGETS)}")
     parser.add_argument("--run_dir", type=Path, default=None, help="checkpoints, metrics.jsonl and curves.png")
@@ -406,7 +429,7 @@ def freeze_for_strategy(gpt: GPT2Model, args: argparse.Namespace, train_gpt: boo
     """Decide which GPT-2 weights train: all (`train_gpt`), none, the top k layers, or LoRA adapters.
     Task heads live outside `gpt` and always train."""
     if args.lora:
-        apply_lora(gpt, args.lora_targets.split(","), args.lora_rank, args.lora_alpha, args.lora_dropout)
+        apply_lora(gpt, args.lora_targets.split(","), args.lora_rank, args.lora_alpha, args.lora_dropout, args.dora)
         return
     gpt.requires_grad_(train_gpt and not args.train_top_layers)
     if args.train_top_layers:

@@ -1,4 +1,5 @@
-"""LoRA: fine-tune a frozen GPT-2 through small low-rank updates to chosen linear layers."""
+"""LoRA: fine-tune a frozen GPT-2 through small low-rank updates to chosen linear layers; optionally DoRA,
+which also learns each output unit's weight norm."""
 import math
 from collections.abc import Iterable
 
@@ -31,8 +32,17 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return self.base(x) + update * self.scale
+        return self.base(x) + self.low_rank_update(x)
+
+    def low_rank_update(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The weight this layer computes with, `W0 + scale * B A`, in float32: summing in float32 keeps a
+        bfloat16 base from rounding the small update away twice."""
+        delta = self.lora_B.float() @ self.lora_A.float()
+        return self.base.weight.float() + self.scale * delta
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:
@@ -40,9 +50,7 @@ class LoRALinear(nn.Module):
         base = self.base
         merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                            device=base.weight.device, dtype=base.weight.dtype)
-        # Sum in float32 so a bfloat16 base does not round the small update away twice.
-        delta = self.lora_B.float() @ self.lora_A.float()
-        merged.weight.copy_(base.weight.float() + self.scale * delta)
+        merged.weight.copy_(self.merged_weight())
         if base.bias is not None:
             merged.bias.copy_(base.bias)
         return merged.requires_grad_(base.weight.requires_grad)
@@ -51,16 +59,56 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, dropout={self.dropout.p}"
 
 
+class DoRALinear(LoRALinear):
+    """DoRA (Liu et al., 2024): LoRA's updated weight `V = W0 + scale * B A` split into a direction and a
+    trainable magnitude, `W' = m * V / ||V||`, where `||V||` is the L2 norm of each output unit's weight row
+    and `m` starts at `||W0||`, so the wrapped layer starts out computing what the base layer did.
+
+    The forward pass works on activations rather than building W':
+    `y = m / ||V|| * (x @ W0^T + scale * dropout(x) @ A^T @ B^T) + bias`. Dropout touches only the low-rank
+    path, as in `LoRALinear`; without it (in eval mode) this is exactly `x @ W'^T + bias`."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
+        super().__init__(base, rank, alpha, dropout)
+        norms = _row_norms(self.base.weight.float()).to(self.base.weight.dtype)
+        # Named "lora_" like the factors: callers pick out adapter parameters by that prefix.
+        self.lora_magnitude = nn.Parameter(norms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        updated = F.linear(x, self.base.weight) + self.low_rank_update(x)
+        # Cast the float32 rescaling so that under autocast the layer returns what nn.Linear would.
+        out = updated * self.magnitude_scale().to(updated.dtype)
+        return out if self.base.bias is None else out + self.base.bias.to(out.dtype)
+
+    def magnitude_scale(self) -> torch.Tensor:
+        """`m / ||V||` per output unit, `[out]`. As in the paper, `||V||` is a constant to backprop: no
+        gradient flows through the norm, so the `[out, in]` weight V is never kept for the backward pass."""
+        with torch.no_grad():
+            norms = _row_norms(super().merged_weight())
+        return self.lora_magnitude / norms
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """`W' = m * V / ||V||`, in float32."""
+        return self.magnitude_scale()[:, None] * super().merged_weight()
+
+
+def _row_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output unit's weights: `nn.Linear` stores its weight as `[out, in]`."""
+    return torch.linalg.vector_norm(weight, dim=1)
+
+
 def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attribute, module)
 
 
 def apply_lora(model: nn.Module, targets: Iterable[str], rank: int = 8, alpha: float = 16,
-               dropout: float = 0.05) -> list[str]:
-    """Wrap every `nn.Linear` whose attribute name is in `targets` in a `LoRALinear`, then freeze every
-    parameter except the LoRA factors; callers unfreeze their own head afterwards. Returns the names of
-    the wrapped modules."""
+               dropout: float = 0.05, dora: bool = False) -> list[str]:
+    """Wrap every `nn.Linear` whose attribute name is in `targets` in a `LoRALinear` (a `DoRALinear` if
+    `dora`), then freeze every parameter except the adapters' own (`lora_A`, `lora_B`, DoRA's
+    `lora_magnitude`); callers unfreeze their own head afterwards. Returns the names of the wrapped
+    modules."""
     targets = set(targets)
     unknown = targets - set(LORA_TARGETS)
     if unknown or not targets:
@@ -73,19 +121,21 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int = 8, alpha: f
               if isinstance(module, nn.Linear) and name.rpartition(".")[2] in targets]
     if not chosen:
         raise ValueError(f"no unwrapped nn.Linear named {sorted(targets)} found in {type(model).__name__}")
+    wrapper = DoRALinear if dora else LoRALinear
     for name in chosen:
-        _replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+        _replace_module(model, name, wrapper(model.get_submodule(name), rank, alpha, dropout))
     model.requires_grad_(False)
     for module in model.modules():
         if isinstance(module, LoRALinear):
-            module.lora_A.requires_grad_(True)
-            module.lora_B.requires_grad_(True)
+            # A wrapper's own parameters are exactly its adapter; the base layer's sit one level down.
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(True)
     return chosen
 
 
 def merge_lora(model: nn.Module) -> None:
-    """Replace every `LoRALinear` in `model` by its merged `nn.Linear`, restoring the original module
-    (and state-dict) names."""
+    """Replace every `LoRALinear` (`DoRALinear` included) in `model` by its merged `nn.Linear`, restoring
+    the original module (and state-dict) names."""
     wrapped = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
     for name in wrapped:
         _replace_module(model, name, model.get_submodule(name).merged())

@@ -2,12 +2,13 @@
 import torch
 from torch import nn
 
-POOLING = ("last", "mean", "max", "attention")
+POOLING = ("last", "mean", "max", "attention", "mix")
 
 
 class Pooler(nn.Module):
     """`last`: the last real token's state. `mean` / `max`: over real tokens. `attention`: a weighted sum
-    of real tokens, weighted by a softmax of a learned score of each token."""
+    of real tokens, weighted by a softmax of a learned score of each token. `mix`: `w * mean + (1 - w) * last`
+    with `w = sigmoid(mix_logit)`, a learned scalar starting at an even mix."""
 
     def __init__(self, hidden_size: int, method: str):
         super().__init__()
@@ -15,6 +16,9 @@ class Pooler(nn.Module):
             raise ValueError(f"pooling must be one of {', '.join(POOLING)}, got {method!r}")
         self.method = method
         self.score = nn.Linear(hidden_size, 1) if method == "attention" else None
+        # A logit rather than w itself: the sigmoid keeps the mix convex, so the pooled vector stays on the
+        # scale of the token states whatever the optimizer does.
+        self.mix_logit = nn.Parameter(torch.zeros(())) if method == "mix" else None
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
                 last_token: torch.Tensor) -> torch.Tensor:
@@ -27,11 +31,15 @@ class Pooler(nn.Module):
         if self.method == "max":
             return hidden.masked_fill(~real[..., None], float("-inf")).amax(dim=1)
         real_hidden = hidden.masked_fill(~real[..., None], 0.0)
+        if self.method == "attention":
+            weights = self.attention_weights(hidden, attention_mask)
+            return (weights[..., None] * real_hidden).sum(dim=1)
+        counts = real.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = real_hidden.sum(dim=1) / counts.to(hidden.dtype)
         if self.method == "mean":
-            counts = real.sum(dim=1, keepdim=True).clamp(min=1)
-            return real_hidden.sum(dim=1) / counts.to(hidden.dtype)
-        weights = self.attention_weights(hidden, attention_mask)
-        return (weights[..., None] * real_hidden).sum(dim=1)
+            return mean
+        weight = torch.sigmoid(self.mix_logit).to(hidden.dtype)
+        return weight * mean + (1 - weight) * last_token
 
     def attention_weights(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """`[B, T]` softmax weights of the attention pooling: they sum to 1 over each row's real tokens

@@ -40,7 +40,7 @@ def classifier_model(checkpoint: Path, mode: str = "full-model", **strategy) -> 
     torch.manual_seed(0)
     gpt = GPT2Model.from_pretrained(checkpoint)
     args = Namespace(**{"lora": False, "train_top_layers": 0, "lora_rank": 4, "lora_alpha": 8.0,
-                        "lora_dropout": 0.0, "lora_targets": "query,value", **strategy})
+                        "lora_dropout": 0.0, "lora_targets": "query,value", "dora": False, **strategy})
     freeze_for_strategy(gpt, args, train_gpt=mode == "full-model")
     return classifier.SentimentClassifier(gpt, 5, "last", 0.0)
 

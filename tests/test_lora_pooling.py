@@ -1,4 +1,4 @@
-"""LoRA adapters on our GPT-2, and the poolers that feed a classification head."""
+"""LoRA and DoRA adapters on our GPT-2, and the poolers that feed a classification head."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ from torch import nn
 
 from config import GPT2Config
 from models.gpt2 import GPT2Model
-from modules.lora import LORA_TARGETS, LoRALinear, apply_lora, merge_lora
+from modules.lora import LORA_TARGETS, DoRALinear, LoRALinear, apply_lora, merge_lora
 from modules.pooling import POOLING, Pooler
 
 
@@ -48,7 +48,8 @@ def outputs(model: GPT2Model) -> dict[str, torch.Tensor]:
 
 
 def lora_parameter_names(model: nn.Module) -> set[str]:
-    return {name for name, _ in model.named_parameters() if name.endswith(("lora_A", "lora_B"))}
+    adapter = ("lora_A", "lora_B", "lora_magnitude")
+    return {name for name, _ in model.named_parameters() if name.endswith(adapter)}
 
 
 def test_freshly_wrapped_model_gives_identical_outputs():
@@ -74,6 +75,27 @@ def test_apply_lora_wraps_named_layers_and_leaves_only_lora_trainable():
     assert model.layers[0].feed_forward.out_dense.lora_B.shape == (64, 4)
 
 
+def test_freshly_dora_wrapped_model_gives_the_same_outputs():
+    model = tiny_model()
+    before = outputs(model)
+    apply_lora(model, LORA_TARGETS, dora=True)
+    after = outputs(model)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0)
+
+
+def test_apply_dora_leaves_only_factors_and_magnitudes_trainable():
+    model = tiny_model()
+    replaced = apply_lora(model, ["query", "interm_dense"], rank=4, dora=True)
+    assert all(isinstance(model.get_submodule(name), DoRALinear) for name in replaced)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert trainable == lora_parameter_names(model)
+    assert len(trainable) == 3 * len(replaced)
+    interm_dense = model.layers[0].feed_forward.interm_dense
+    assert interm_dense.lora_magnitude.shape == (256,)
+    torch.testing.assert_close(interm_dense.lora_magnitude, interm_dense.base.weight.norm(dim=1))
+
+
 def test_apply_lora_rejects_unknown_targets_and_bad_rank():
     with pytest.raises(ValueError, match="query, key, value, dense, interm_dense, out_dense"):
         apply_lora(tiny_model(), ["query", "c_attn"])
@@ -83,9 +105,10 @@ def test_apply_lora_rejects_unknown_targets_and_bad_rank():
         apply_lora(tiny_model(), ["query"], rank=0)
 
 
-def test_training_changes_only_lora_parameters():
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_training_changes_only_lora_parameters(dora):
     model = tiny_model()
-    apply_lora(model, LORA_TARGETS, rank=4)
+    apply_lora(model, LORA_TARGETS, rank=4, dora=dora)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     train_lora(model, steps=3)
     lora = lora_parameter_names(model)
@@ -96,10 +119,11 @@ def test_training_changes_only_lora_parameters():
             assert param.grad is None and torch.equal(param, before[name]), f"base weight {name} changed"
 
 
-def test_merged_model_matches_unmerged_and_has_no_adapters_left():
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_merged_model_matches_unmerged_and_has_no_adapters_left(dora):
     model = tiny_model()
     original = outputs(model)
-    apply_lora(model, LORA_TARGETS, rank=4)
+    apply_lora(model, LORA_TARGETS, rank=4, dora=dora)
     train_lora(model, steps=5)
     unmerged = outputs(model)
     assert not torch.allclose(unmerged["last_token"], original["last_token"], atol=1e-3)
@@ -111,11 +135,12 @@ def test_merged_model_matches_unmerged_and_has_no_adapters_left():
     assert model.state_dict().keys() == tiny_model().state_dict().keys()
 
 
-def test_lora_factors_follow_base_layer_dtype_and_device():
-    wrapped = LoRALinear(nn.Linear(8, 4, dtype=torch.bfloat16), rank=2, alpha=4, dropout=0.0)
-    assert wrapped.lora_A.dtype == wrapped.lora_B.dtype == torch.bfloat16
-    on_meta = LoRALinear(nn.Linear(8, 4, device="meta"), rank=2, alpha=4, dropout=0.0)
-    assert on_meta.lora_A.is_meta and on_meta.lora_B.is_meta
+@pytest.mark.parametrize("wrapper", [LoRALinear, DoRALinear])
+def test_adapter_parameters_follow_base_layer_dtype_and_device(wrapper):
+    wrapped = wrapper(nn.Linear(8, 4, dtype=torch.bfloat16), rank=2, alpha=4, dropout=0.0)
+    assert all(param.dtype == torch.bfloat16 for param in wrapped.parameters(recurse=False))
+    on_meta = wrapper(nn.Linear(8, 4, device="meta"), rank=2, alpha=4, dropout=0.0)
+    assert all(param.is_meta for param in on_meta.parameters(recurse=False))
 
 
 def test_merged_linear_computes_base_plus_scaled_update():
@@ -127,6 +152,63 @@ def test_merged_linear_computes_base_plus_scaled_update():
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), expected)
         torch.testing.assert_close(wrapped.merged()(x), expected)
+
+
+def trained_looking_dora(dropout: float) -> DoRALinear:
+    """A DoRA layer whose B and magnitude have moved away from their initial values."""
+    torch.manual_seed(0)
+    wrapped = DoRALinear(nn.Linear(8, 4), rank=2, alpha=6, dropout=dropout)
+    nn.init.normal_(wrapped.lora_B)
+    with torch.no_grad():
+        wrapped.lora_magnitude.mul_(torch.rand(4) + 0.5)
+    return wrapped
+
+
+def updated_weight(wrapped: DoRALinear) -> torch.Tensor:
+    """`V = W0 + scale * B A`, written out from the definition."""
+    return wrapped.base.weight + wrapped.scale * wrapped.lora_B @ wrapped.lora_A
+
+
+def test_dora_linear_computes_magnitude_times_unit_rows_and_merges_to_them():
+    wrapped = trained_looking_dora(dropout=0.5).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        updated = updated_weight(wrapped)
+        weight = wrapped.lora_magnitude[:, None] * updated / updated.norm(dim=1, keepdim=True)
+        expected = x @ weight.T + wrapped.base.bias
+        merged = wrapped.merged()
+        torch.testing.assert_close(wrapped(x), expected)
+        torch.testing.assert_close(merged(x), expected)
+    torch.testing.assert_close(merged.weight.norm(dim=1), wrapped.lora_magnitude.detach())
+
+
+def test_dora_dropout_drops_only_the_low_rank_path():
+    wrapped = trained_looking_dora(dropout=1.0).train()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        rescale = wrapped.lora_magnitude / updated_weight(wrapped).norm(dim=1)
+        torch.testing.assert_close(wrapped(x), x @ wrapped.base.weight.T * rescale + wrapped.base.bias)
+
+
+def test_dora_treats_the_norm_as_a_constant_in_backprop():
+    wrapped = trained_looking_dora(dropout=0.0)
+    x = torch.randn(3, 8)
+    wrapped(x).sum().backward()
+    with torch.no_grad():
+        # d sum(y) / dB with ||V|| held fixed: y = m / ||V|| * (W0 x + scale * B A x) + bias.
+        rescale = wrapped.lora_magnitude / updated_weight(wrapped).norm(dim=1)
+        expected = wrapped.scale * rescale[:, None] * (x @ wrapped.lora_A.T).sum(0)[None]
+    torch.testing.assert_close(wrapped.lora_B.grad, expected)
+
+
+def test_dora_merged_weight_rows_have_the_learned_magnitudes():
+    model = tiny_model()
+    replaced = apply_lora(model, LORA_TARGETS, rank=4, dora=True)
+    train_lora(model, steps=3)
+    magnitudes = {name: model.get_submodule(name).lora_magnitude.detach().clone() for name in replaced}
+    merge_lora(model)
+    for name, magnitude in magnitudes.items():
+        torch.testing.assert_close(model.get_submodule(name).weight.norm(dim=1), magnitude)
 
 
 # Pooling
@@ -209,6 +291,21 @@ def test_attention_pooling_is_learnable():
     assert pooler.score.weight.grad is not None and pooler.score.weight.grad.abs().sum() > 0
 
 
+def test_mix_pooling_starts_as_an_even_mix_of_mean_and_last_token_and_learns_the_mix():
+    hidden, attention_mask, last_token = hidden_batch()
+    mean = Pooler(16, "mean")(hidden, attention_mask, last_token)
+    pooler = Pooler(16, "mix")
+    pooled = pooler(hidden, attention_mask, last_token)
+    torch.testing.assert_close(pooled, 0.5 * mean + 0.5 * last_token)
+    pooled.sum().backward()
+    assert pooler.mix_logit.grad is not None and pooler.mix_logit.grad != 0
+    with torch.no_grad():
+        pooler.mix_logit.fill_(2.0)
+        weight = torch.sigmoid(torch.tensor(2.0))
+        pooled = pooler(hidden, attention_mask, last_token)
+    torch.testing.assert_close(pooled, weight * mean + (1 - weight) * last_token)
+
+
 def test_unknown_pooling_method_raises():
-    with pytest.raises(ValueError, match="last, mean, max, attention"):
+    with pytest.raises(ValueError, match="last, mean, max, attention, mix"):
         Pooler(16, "cls")

@@ -18,7 +18,7 @@ def tiny_gpt2() -> GPT2Model:
 
 def strategy(**flags) -> Namespace:
     return Namespace(**{"lora": False, "train_top_layers": 0, "lora_rank": 2, "lora_alpha": 4.0,
-                        "lora_dropout": 0.0, "lora_targets": "query,value", **flags})
+                        "lora_dropout": 0.0, "lora_targets": "query,value", "dora": False, **flags})
 
 
 def test_weight_decay_spares_biases_and_layer_norms_and_lrs_decay_by_layer():

@@ -1,0 +1,122 @@
+"""paraphrase_detection.py with a tiny random checkpoint, the real tokenizer and the Quora sample."""
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evaluation
+import paraphrase_detection as para
+from datasets import ParaphraseExample, read_paraphrase, tokenize_paraphrase
+from models.gpt2 import GPT2Model
+from models.tokenizer import load_tokenizer
+from training import make_optimizer
+
+DATA = Path("data")
+LOSS_FLAGS = dict(symmetric=False, label_smoothing=0.0, rdrop=0.0, contrastive=0.0, contrastive_temperature=0.05,
+                  lm_loss=0.0)
+
+
+def quora_batch(count: int, symmetric: bool = False) -> dict[str, torch.Tensor]:
+    examples = read_paraphrase(DATA / "quora-train.csv")[:count]
+    data = tokenize_paraphrase(examples, load_tokenizer(), para.PROMPT, 128, "quora", symmetric)
+    return data.batches(count, shuffle=False)[0]
+
+
+def paraphrase_model(checkpoint: Path, head: str = "cloze", head_dropout: float = 0.0,
+                     samples: int = 1) -> para.ParaphraseGPT:
+    torch.manual_seed(0)
+    return para.ParaphraseGPT(GPT2Model.from_pretrained(checkpoint), head, head_dropout, samples)
+
+
+def test_overfits_64_training_pairs(tiny_checkpoint):
+    model = paraphrase_model(tiny_checkpoint[0])
+    batch = quora_batch(64)
+    optimizer = make_optimizer(model, 2e-3, 0.0, model.gpt.config.num_hidden_layers)
+    for _ in range(80):
+        model.train()
+        loss = para.paraphrase_loss(model, batch, Namespace(**LOSS_FLAGS))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        predictions = model(batch["input_ids"], batch["attention_mask"])["logits"].argmax(-1)
+    assert torch.equal(predictions, batch["labels"])
+
+
+def test_cloze_decision_reads_exactly_the_no_and_yes_logits(tiny_checkpoint):
+    model = paraphrase_model(tiny_checkpoint[0]).eval()
+    batch = quora_batch(4)
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"])["logits"]
+        out = model.gpt(batch["input_ids"], batch["attention_mask"])
+        vocabulary = model.gpt.hidden_state_to_token(out["last_token"])
+    assert para.NO_YES == [3919, 8505]
+    torch.testing.assert_close(logits, vocabulary[:, [3919, 8505]], atol=1e-5, rtol=0)
+
+
+def test_symmetric_input_scores_both_orders_alike(tiny_checkpoint):
+    model = paraphrase_model(tiny_checkpoint[0], head="mean").eval()
+    pair = ("How do I learn Python quickly?", "What is the fastest way to learn Python?")
+    examples = [ParaphraseExample("a", *pair, 1), ParaphraseExample("b", *reversed(pair), 1)]
+    batch = tokenize_paraphrase(examples, load_tokenizer(), para.PROMPT, 128, "pairs", symmetric=True).batches(
+        2, shuffle=False)[0]
+    with torch.no_grad():
+        logits = para.combine_orders(model(batch["input_ids"], batch["attention_mask"])["logits"], True)
+    order = batch["indices"].tolist()
+    torch.testing.assert_close(logits[order.index(0)], logits[order.index(1)], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("option", [dict(label_smoothing=0.1), dict(rdrop=1.0), dict(contrastive=0.5),
+                                    dict(lm_loss=0.5), dict(symmetric=True), "multi-sample dropout"])
+def test_each_loss_option_changes_the_loss_and_keeps_it_finite(tiny_checkpoint, option):
+    def loss_with(flags: dict, samples: int = 1) -> float:
+        model = paraphrase_model(tiny_checkpoint[0], head_dropout=0.2, samples=samples).train()
+        batch = quora_batch(8, symmetric=flags.get("symmetric", False))
+        torch.manual_seed(1)
+        return para.paraphrase_loss(model, batch, Namespace(**{**LOSS_FLAGS, **flags})).item()
+
+    base = loss_with({})
+    changed = loss_with({}, samples=4) if option == "multi-sample dropout" else loss_with(option)
+    assert torch.isfinite(torch.tensor(changed)) and changed != base
+
+
+def test_rows_without_a_label_are_skipped_in_one_warning(tmp_path):
+    path = tmp_path / "quora.csv"
+    path.write_text("\tid\tsentence1\tsentence2\tis_duplicate\n0\ta\tQ1?\tQ2?\t1.0\n1\tb\tQ3?\tQ4?\t\n"
+                    "2\tc\tQ5?\tQ6?\tmaybe\n3\td\tQ7?\tQ8?\t0.0\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) without a 0/1 label \(lines 3, 4\)"):
+        examples = read_paraphrase(path)
+    assert [(e.id, e.label) for e in examples] == [("a", 1), ("d", 0)]
+    path.write_text("\tid\tsentence1\tis_duplicate\n0\ta\tQ1?\t1.0\n")
+    with pytest.raises(ValueError, match=r"line 1: missing column\(s\) sentence2"):
+        read_paraphrase(path)
+
+
+def test_k_shot_prompt_holds_answered_demonstrations():
+    examples = read_paraphrase(DATA / "quora-train.csv")[:50]
+    template = para.demonstrations(examples, 2, seed=3, prompt=para.PROMPT) + para.PROMPT
+    text = template.format(s1="A?", s2="B?")
+    assert text.count('Answer "yes" or "no": ') == 3 and text.endswith('Is "A?" a paraphrase of "B?"? Answer "yes" or "no": ')
+    assert text.split("\n")[0].endswith(("yes", "no"))
+
+
+def test_run_writes_complete_ordered_gradeable_files(monkeypatch, tmp_path, tiny_checkpoint, capsys):
+    dev_out, test_out = tmp_path / "para-dev-output.csv", tmp_path / "para-test-output.csv"
+    monkeypatch.setattr(sys, "argv", [
+        "paraphrase_detection.py", "--model_path", str(tiny_checkpoint[0]), "--epochs", "1", "--train_limit", "32",
+        "--lr", "1e-3", "--run_dir", str(tmp_path / "run"), "--para_dev_out", str(dev_out),
+        "--para_test_out", str(test_out)])
+    para.main()
+    test_ids = [e.id for e in read_paraphrase(DATA / "quora-test-student.csv", labelled=False)]
+    predictions = evaluation.read_predictions(test_out)
+    assert list(predictions) == test_ids and set(predictions.values()) <= {"0", "1"}
+    graded = evaluation.grade(dev_out, DATA / "quora-dev.csv")
+    assert graded["count"] == 1999 and {"accuracy", "f1", "precision", "recall"} <= set(graded)
+    output = capsys.readouterr().out
+    assert "projected_full_epoch_minutes" in output and "padding_fraction" in output
+    dev_records = [line for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if '"dev"' in line]
+    assert all(key in dev_records[0] for key in ('"accuracy"', '"f1"', '"precision"', '"recall"'))
