@@ -120,3 +120,13 @@ def test_run_writes_complete_ordered_gradeable_files(monkeypatch, tmp_path, tiny
     assert "projected_full_epoch_minutes" in output and "padding_fraction" in output
     dev_records = [line for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if '"dev"' in line]
     assert all(key in dev_records[0] for key in ('"accuracy"', '"f1"', '"precision"', '"recall"'))
+
+
+def test_k_shot_without_training_writes_predictions(monkeypatch, tmp_path, tiny_checkpoint):
+    dev_out, test_out = tmp_path / "dev.csv", tmp_path / "test.csv"
+    monkeypatch.setattr(sys, "argv", [
+        "paraphrase_detection.py", "--model_path", str(tiny_checkpoint[0]), "--epochs", "0", "--k_shot", "1",
+        "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
+    para.main()
+    assert len(evaluation.read_predictions(test_out)) == 2000
+    assert len(evaluation.read_predictions(dev_out)) == 1999
