@@ -166,7 +166,6 @@ def run_dataset(args: argparse.Namespace, dataset: str, device: torch.device) ->
 
 def write_predictions(args, dataset: str, model: nn.Module, logits, dev: TokenizedDataset, test: TokenizedDataset,
                       batch_size: int, device: torch.device, train: TokenizedDataset) -> dict[str, float]:
-    results = {}
     for split, data in (("dev", dev), ("test", test)):
         scores = predict(model, data.batches(4 * batch_size, shuffle=False), device, args.precision, logits,
                          len(data), f"{dataset} {split}")

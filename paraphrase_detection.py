@@ -177,8 +177,10 @@ def main() -> None:
         metrics = evaluation.classification_metrics(dev.labels, scores.argmax(-1).tolist(), [0, 1])
         return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
 
+    def epoch_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+        return train.batches(args.batch_size, shuffle=True, seed=args.seed + epoch)
+
     if args.epochs > 0:
-        epoch_batches = lambda epoch: train.batches(args.batch_size, shuffle=True, seed=args.seed + epoch)
         padding = padding_fraction(epoch_batches(0))
         _, log = train_and_restore_best(model, args, args.lr, gpt.config.num_hidden_layers, run,
                                         epoch_batches, -(-len(train) // args.batch_size),
