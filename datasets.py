@@ -106,6 +106,37 @@ def parse_label(text: str | None, num_labels: int, where: str) -> int:
     return int(value)
 
 
+def read_sonnets(path: str | Path) -> dict[int, list[str]]:
+    """Sonnets of a course file: a header, then each sonnet's number on a line of its own followed by its
+    lines (blank lines ignored, CRLF or LF). Sonnets of any length are kept (the course's 99 has 15 lines,
+    126 has 12); a number with no lines or a repeated number is an error naming the sonnet."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `bash setup.sh` or copy the course data into data/")
+    sonnets: dict[int, list[str]] = {}
+    current = None
+    with open(path, newline="", encoding="utf-8") as f:
+        for line_number, line in enumerate(f.read().splitlines(), start=1):
+            if line.strip().isdigit():
+                current = int(line)
+                if current in sonnets:
+                    raise ValueError(f"{path}, line {line_number}: sonnet {current} appears twice")
+                sonnets[current] = []
+            elif line.strip() and current is not None:
+                sonnets[current].append(line.rstrip())
+    empty = [number for number, lines in sonnets.items() if not lines]
+    if empty:
+        raise ValueError(f"{path}: sonnet {empty[0]} has a number but no lines")
+    if not sonnets:
+        raise ValueError(f"{path} holds no numbered sonnets")
+    return sonnets
+
+
+def sonnet_text(lines: list[str]) -> str:
+    """How a sonnet (or a prompt of its first lines) is written for the model: one line each."""
+    return "".join(line + "\n" for line in lines)
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fields: dict[str, str],
                   max_len: int) -> tuple[list[int], bool]:
     """Token ids of `template` with its `{field}`s filled in, and whether a field was cut to fit. When the

@@ -16,6 +16,7 @@ import evaluation
 from datasets import TokenizedDataset, read_paraphrase, tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
+from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
 from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
                       freeze_for_strategy, predict, seed_everything, tokenizer_for, train_and_restore_best)
@@ -112,7 +113,8 @@ def paraphrase_loss(model: ParaphraseGPT, batch: dict[str, torch.Tensor], args: 
         if args.contrastive:
             loss = loss + args.contrastive * info_nce(first["pooled"], second["pooled"], args.contrastive_temperature)
     if args.lm_loss:
-        loss = loss + args.lm_loss * language_model_loss(model.gpt, first["hidden"], batch)
+        logits_all = model.gpt.hidden_state_to_token(first["hidden"])
+        loss = loss + args.lm_loss * language_model_loss(logits_all, batch["input_ids"], batch["attention_mask"])
     return loss
 
 
@@ -130,13 +132,6 @@ def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
     similarity = F.normalize(first.float(), dim=-1) @ F.normalize(second.float(), dim=-1).T / temperature
     return F.cross_entropy(similarity, torch.arange(len(first), device=first.device))
-
-
-def language_model_loss(gpt: GPT2Model, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy over the real tokens of the prompts."""
-    logits = gpt.hidden_state_to_token(hidden[:, :-1]).float()
-    targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:

@@ -9,7 +9,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,7 @@ class TrainSettings:
     early_stopping: int = 0  # epochs without a better dev metric before stopping; 0: never
     metric: str = "accuracy"  # the dev metric that picks the best epoch (higher is better)
     log_every: int = 10
+    keep_best: int = 1  # with k > 1, the k best epochs are also kept as epoch{N}.pt
 
 
 @dataclass
@@ -226,6 +227,7 @@ class Progress:
     step: int = 0  # optimizer steps so far
     best: float = -math.inf
     bad_epochs: int = 0
+    top: list[list[float]] = field(default_factory=list)  # [dev metric, epoch] of the epochs kept
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -271,6 +273,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
                                            "epoch": progress.epoch, "metrics": metrics})
             else:
                 progress.bad_epochs += 1
+            if settings.keep_best > 1:
+                keep_top_epochs(run, progress, metrics[settings.metric], model, settings.keep_best)
             progress.epoch, progress.batches_done = progress.epoch + 1, 0
             save_checkpoint(run.last, snapshot())
             log.plot()
@@ -280,6 +284,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
         print(f"\ninterrupted: saved {run.last}; continue with --resume")
         raise
     return log
+
+
+def keep_top_epochs(run: Run, progress: Progress, score: float, model: nn.Module, keep: int) -> None:
+    """Save this epoch's model as epoch{N}.pt if it is among the `keep` best so far; drop the one it displaces."""
+    progress.top = sorted(progress.top + [[score, progress.epoch]], reverse=True)
+    if [score, progress.epoch] in progress.top[:keep]:
+        save_checkpoint(run.run_dir / f"epoch{progress.epoch}.pt",
+                        {"identity": run.identity, "model": model.state_dict(), "epoch": progress.epoch})
+    for _, dropped in progress.top[keep:]:
+        (run.run_dir / f"epoch{int(dropped)}.pt").unlink(missing_ok=True)
+    del progress.top[keep:]
 
 
 def train_epoch(model, optimizer, scheduler, scaler, settings, run, train_batches, loss_fn, on_epoch_start,
@@ -342,7 +357,7 @@ def train_and_restore_best(model: nn.Module, args: argparse.Namespace, lr: float
     steps = args.epochs * -(-batches_per_epoch // args.grad_accum)
     scheduler = make_scheduler(optimizer, args.scheduler, steps, int(args.warmup_ratio * steps))
     settings = TrainSettings(args.epochs, args.grad_accum, args.clip_norm, args.precision, args.early_stopping,
-                             metric)
+                             metric, keep_best=args.keep_best)
     try:
         log = fit(model, optimizer, scheduler, settings, run, train_batches, loss_fn, evaluate, on_epoch_start)
     except NonFiniteLoss as error:
@@ -394,6 +409,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad_accum", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--early_stopping", type=int, default=0,
                         help="stop after this many epochs without a better dev score; 0 is off")
+    parser.add_argument("--keep_best", type=int, default=1,
+                        help="besides best.pt, keep the k best epochs' models as epoch{N}.pt")
     parser.add_argument("--train_top_layers", type=int, default=0,
                         help="train only the top k GPT-2 layers (and the final LayerNorm and head)")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters on a frozen GPT-2")

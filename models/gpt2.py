@@ -11,6 +11,7 @@ from config import GPT2Config
 from models import hf_checkpoint
 from modules.attention import KVCache, causal_mask
 from modules.gpt2_layer import GPT2Layer
+from modules.prefix import PrefixTuning
 
 
 class GPT2Model(nn.Module):
@@ -22,6 +23,7 @@ class GPT2Model(nn.Module):
         self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(GPT2Layer(config) for _ in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.prefix: PrefixTuning | None = None  # set by modules.prefix.add_prefix
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(number of residual additions) so the
         # residual stream's variance does not grow with depth.
@@ -42,7 +44,10 @@ class GPT2Model(nn.Module):
         covers the cached tokens too (`[B, cached + T]`). Returns `last_hidden_state` `[B, T, H]` and
         `last_token` `[B, H]`, the state of each row's last real token."""
         batch, seq_len = input_ids.shape
-        past = cache[0].length if cache else 0
+        if cache is None and self.prefix is not None:  # the prefix's keys and values live in a cache
+            cache = self.new_cache(seq_len)
+        prefix = cache[0].prefix_length if cache else 0
+        past = cache[0].length - prefix if cache else 0  # tokens already cached
         if past + seq_len > self.config.max_position_embeddings:
             raise ValueError(f"a sequence of {past + seq_len} tokens is longer than the model's context of "
                              f"{self.config.max_position_embeddings}; truncate it")
@@ -52,7 +57,8 @@ class GPT2Model(nn.Module):
 
         positions = self.position_ids(attention_mask, past, seq_len, input_ids.device)
         x = self.embedding_dropout(self.word_embedding(input_ids) + self.position_embedding(positions))
-        mask = self.key_mask(attention_mask, seq_len)
+        real_keys = None if attention_mask is None else F.pad(attention_mask, (prefix, 0), value=1)
+        mask = self.key_mask(real_keys, seq_len)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, cache[i] if cache else None)
         x = self.final_layer_norm(x)
@@ -102,7 +108,10 @@ class GPT2Model(nn.Module):
         return F.linear(hidden_state, self.word_embedding.weight[token_ids])
 
     def new_cache(self, max_len: int | None = None) -> list[KVCache]:
-        return [KVCache(max_len or self.config.max_position_embeddings) for _ in self.layers]
+        """Empty key/value caches for `max_len` tokens, holding the prefix when prefix-tuning."""
+        max_len = max_len or self.config.max_position_embeddings
+        return [KVCache(max_len, self.prefix.layer(i) if self.prefix is not None else None)
+                for i in range(len(self.layers))]
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "gpt2", **config_overrides: Any) -> "GPT2Model":

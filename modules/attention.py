@@ -12,9 +12,13 @@ class KVCache:
     """One layer's keys and values, preallocated to `max_len` so each decoding step writes in place
     instead of concatenating the whole prefix again."""
 
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.length = 0
+    def __init__(self, max_len: int, prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """`prefix`: prefix-tuning keys and values, `[heads, P, head_size]` each, that every row sees
+        before its tokens; they take P positions beyond `max_len` and count in `length`."""
+        self.prefix = prefix
+        self.prefix_length = 0 if prefix is None else prefix[0].size(1)
+        self.max_len = max_len + self.prefix_length
+        self.length = self.prefix_length
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
@@ -22,15 +26,28 @@ class KVCache:
         """Store `[B, heads, T, head_size]` keys and values; return all stored so far."""
         end = self.length + keys.size(2)
         if end > self.max_len:
-            raise ValueError(f"the cache holds {self.max_len} tokens; {end} were asked for")
+            raise ValueError(f"the cache holds {self.max_len - self.prefix_length} tokens; "
+                             f"{end - self.prefix_length} were asked for")
         if self.keys is None:  # allocated on first use, in the dtype autocast produced
             shape = (keys.size(0), keys.size(1), self.max_len, keys.size(3))
             self.keys = keys.new_empty(shape)
             self.values = values.new_empty(shape)
+            if self.prefix is not None:  # the same prefix for every row; gradients reach it through the copy
+                self.keys[:, :, :self.prefix_length] = self.prefix[0].to(keys.dtype)
+                self.values[:, :, :self.prefix_length] = self.prefix[1].to(values.dtype)
         self.keys[:, :, self.length:end] = keys
         self.values[:, :, self.length:end] = values
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Make row i hold what row `indices[i]` held, in place: beam and contrastive search keep the
+        cache of the hypothesis each row continues. Only the filled positions are copied."""
+        if self.keys is None:
+            return
+        filled = slice(0, self.length)
+        self.keys[:, :, filled] = self.keys[:, :, filled].index_select(0, indices)
+        self.values[:, :, filled] = self.values[:, :, filled].index_select(0, indices)
 
 
 def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
