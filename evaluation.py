@@ -10,25 +10,36 @@ Each data line is written as f"{id} , {label} \\n" (space, comma, space, one tra
 course's layout. Reading is tolerant: a line is split on its first comma
 and both parts are stripped, so "id,3" and "id , 3 " read the same.
 
+A sonnet file (generated sonnets, or the gold TRUE_sonnets_*.txt) is a header block, then each sonnet's
+number on a line of its own followed by its lines, blank lines between; see `datasets.read_sonnets`.
+
 Command line:
 
     python evaluation.py grade PREDICTIONS GOLD [--label-column NAME]
+    python evaluation.py sonnets GENERATED GOLD
 """
 import argparse
 import csv
+import json
 import os
+import re
 import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import pronouncing
+from sacrebleu.metrics import CHRF
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 SENTIMENT_HEADER = "id \t Predicted_Sentiment "
 PARAPHRASE_HEADER = "id \t Predicted_Is_Paraphrase "
 LABEL_COLUMNS = ("sentiment", "is_duplicate")  # the labelled course files carry exactly one of these
 EXAMPLES_IN_ERRORS = 5  # how many offending ids an error message lists
+SONNET_LINES = 14
+# Shakespearean scheme ABAB CDCD EFEF GG as 0-based line pairs
+RHYME_PAIRS = ((0, 2), (1, 3), (4, 6), (5, 7), (8, 10), (9, 11), (12, 13))
 
 
 # -----------------------------------------------------------------------------
@@ -254,10 +265,128 @@ def format_report(metrics: dict) -> str:
 
 
 # -----------------------------------------------------------------------------
+# sonnets
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (0-100) of hypotheses against one reference each: sacrebleu's CHRF with default settings."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        raise ValueError("no texts to score")
+    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams / all n-grams of lowercased whitespace tokens, pooled over texts (n-grams do not
+    cross from one text to the next); 0.0 when the texts hold no n-gram."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    grams = []
+    for text in texts:
+        tokens = text.lower().split()
+        grams += [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def fourteen_line_share(sonnets: Sequence[Sequence[str]]) -> float:
+    """Share of sonnets with exactly 14 lines."""
+    if not sonnets:
+        raise ValueError("no sonnets to score")
+    return sum(len(lines) == SONNET_LINES for lines in sonnets) / len(sonnets)
+
+
+def _last_word(line: str) -> str:
+    """The line's last word, lowercased, with letters and apostrophes only ("groan;" -> "groan",
+    "self-love." -> "love"); "" when the line holds no letter."""
+    words = re.findall(r"[a-z']*[a-z][a-z']*", line.lower())
+    return words[-1].strip("'") if words else ""
+
+
+def _spelling_rhyme(word: str) -> str:
+    """The spelling from the start of the last vowel group (aeiouy) on: "thee" -> "ee", "groan" -> "oan"."""
+    letters = re.sub(r"[^a-z]", "", word)
+    match = re.search(r"[aeiouy]+[^aeiouy]*$", letters)
+    return match.group() if match else letters
+
+
+def words_rhyme(first: str, second: str) -> bool:
+    """Whether two words rhyme; identical words count as a rhyme.
+
+    Pronunciations come from the CMU Pronouncing Dictionary (through the `pronouncing` package): the
+    words rhyme when any pronunciation of one shares its rhyming part (last stressed vowel on) with
+    any pronunciation of the other. When either word is not in the dictionary, their spellings are
+    compared from the start of the last vowel group (see `_spelling_rhyme`).
+    """
+    first, second = _last_word(first), _last_word(second)
+    if not first or not second:
+        return False
+    if first == second:
+        return True
+    phones = [pronouncing.phones_for_word(word) for word in (first, second)]
+    if all(phones):
+        return bool({pronouncing.rhyming_part(p) for p in phones[0]}
+                    & {pronouncing.rhyming_part(p) for p in phones[1]})
+    return _spelling_rhyme(first) == _spelling_rhyme(second)
+
+
+def rhyme_accuracy(sonnets: Sequence[Sequence[str]]) -> float:
+    """Share of the Shakespearean rhyme pairs (ABAB CDCD EFEF GG: lines 1-3, 2-4, 5-7, 6-8, 9-11, 10-12,
+    13-14) whose last words rhyme (`words_rhyme`), pooled over all sonnets. Only sonnets with at least
+    14 lines are scored, on their first 14; 0.0 when there is none."""
+    scored = [lines for lines in sonnets if len(lines) >= SONNET_LINES]
+    if not scored:
+        return 0.0
+    hits = sum(words_rhyme(lines[a], lines[b]) for lines in scored for a, b in RHYME_PAIRS)
+    return hits / (len(scored) * len(RHYME_PAIRS))
+
+
+def sonnet_metrics(generated: dict[int, list[str]], gold: dict[int, list[str]]) -> dict:
+    """chrF of generated against gold sonnets (texts joined with "\\n", matched by number, over the gold
+    numbers), and distinct-1, distinct-2, 14-line share and rhyme accuracy of all generated sonnets,
+    plus `count` (generated sonnets). Every gold number must be generated."""
+    if not gold:
+        raise ValueError("no gold sonnets")
+    missing = [str(i) for i in gold if i not in generated]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(gold)} gold sonnets were not generated ({_some(missing)})")
+    shared = [i for i in gold if i in generated]
+    texts = ["\n".join(lines) for lines in generated.values()]
+    sonnets = list(generated.values())
+    return {
+        "chrf": chrf(["\n".join(generated[i]) for i in shared], ["\n".join(gold[i]) for i in shared]),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "fourteen_line_share": fourteen_line_share(sonnets),
+        "rhyme_accuracy": rhyme_accuracy(sonnets),
+        "count": len(sonnets),
+    }
+
+
+SONNET_HEADER = "--Generated Sonnets--"
+
+
+def write_sonnets(path: str | os.PathLike, sonnets: dict[int, list[str]]) -> None:
+    """The course's generated-sonnets layout: a header, then each sonnet's number on its own line followed
+    by its lines, a blank line between sonnets. Written atomically."""
+    blocks = [f"\n{number}\n" + "".join(line + "\n" for line in lines) for number, lines in sonnets.items()]
+    _write_atomically(Path(path), SONNET_HEADER + "\n" + "".join(blocks))
+
+
+def grade_sonnets(generated_path: str | os.PathLike, gold_path: str | os.PathLike) -> dict:
+    """`sonnet_metrics` of two sonnet files, read with `datasets.read_sonnets`."""
+    from datasets import read_sonnets  # here, so `grade` does not pay for importing torch
+    return sonnet_metrics(read_sonnets(generated_path), read_sonnets(gold_path))
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def _grade_command(args: argparse.Namespace) -> None:
     print(format_report(grade(args.predictions, args.gold, args.label_column)))
+
+
+def _sonnets_command(args: argparse.Namespace) -> None:
+    print(json.dumps(grade_sonnets(args.generated, args.gold), indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     grader.add_argument("--label-column",
                         help="gold label column (default: sentiment or is_duplicate, whichever exists)")
     grader.set_defaults(run=_grade_command)
+    sonnets = commands.add_parser("sonnets", help="score generated sonnets against gold sonnets")
+    sonnets.add_argument("generated", help="sonnet file: header, then each sonnet's number and lines")
+    sonnets.add_argument("gold", help="gold sonnet file, e.g. data/TRUE_sonnets_held_out_dev.txt")
+    sonnets.set_defaults(run=_sonnets_command)
     return parser
 
 
