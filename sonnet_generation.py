@@ -64,12 +64,12 @@ def get_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def decoding_config(args: argparse.Namespace, strategy: str, max_lines: int) -> DecodingConfig:
+def decoding_config(args: argparse.Namespace, strategy: str, max_lines: int, max_new_tokens: int) -> DecodingConfig:
     return DecodingConfig(strategy=strategy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           repetition_penalty=args.repetition_penalty, no_repeat_ngram=args.no_repeat_ngram,
                           num_beams=args.num_beams, length_penalty=args.length_penalty,
                           contrastive_alpha=args.contrastive_alpha, contrastive_k=args.contrastive_k,
-                          max_new_tokens=args.max_new_tokens, max_lines=max_lines,
+                          max_new_tokens=max_new_tokens, max_lines=max_lines,
                           line_end_nudge=args.line_end_nudge, line_length=args.line_length)
 
 
@@ -122,8 +122,7 @@ class SonnetWriter:
                       "pool": ["greedy", "beam", "contrastive"] + ["sample"] * args.mbr_samples}
         outputs = []
         for strategy in strategies.get(args.decoding, [args.decoding]):
-            config = decoding_config(args, strategy, max_lines)
-            config.max_new_tokens = max_new_tokens
+            config = decoding_config(args, strategy, max_lines, max_new_tokens)
             with autocast(self.device, args.precision):
                 outputs.append(generate(self.model, input_ids, mask, config, generator, self.line_break_ids,
                                         self.line_end_ids))
