@@ -178,14 +178,14 @@ class RunLog:
 
         train = [r for r in self.records if r["split"] == "train"]
         dev = [r for r in self.records if r["split"] == "dev"]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        left.plot([r["step"] for r in train], [r["loss"] for r in train])
-        left.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
-        for key in sorted({k for r in dev for k, v in r.items() if isinstance(v, float) and k != "time"}):
-            right.plot([r["epoch"] for r in dev if key in r], [r[key] for r in dev if key in r], marker="o", label=key)
-        right.set(xlabel="epoch", title="dev metrics")
-        if dev:
-            right.legend()
+        metrics = sorted({k for r in dev for k, v in r.items() if isinstance(v, float)})
+        # One panel per dev metric: their scales differ (accuracy near 1, perplexity in the hundreds).
+        figure, axes = plt.subplots(1, 1 + len(metrics), figsize=(4 * (1 + len(metrics)), 3.5), squeeze=False)
+        axes[0][0].plot([r["step"] for r in train], [r["loss"] for r in train])
+        axes[0][0].set(xlabel="optimizer step", title="training loss")
+        for axis, key in zip(axes[0][1:], metrics):
+            axis.plot([r["epoch"] for r in dev if key in r], [r[key] for r in dev if key in r], marker="o")
+            axis.set(xlabel="epoch", title=f"dev {key}")
         figure.tight_layout()
         figure.savefig(self.picture)
         plt.close(figure)
