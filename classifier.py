@@ -16,9 +16,9 @@ from datasets import SENTIMENT_NUM_LABELS, TokenizedDataset, read_sentiment, tok
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
-                      freeze_for_strategy, gradual_unfreezing, predict, seed_everything, tokenizer_for,
-                      train_and_restore_best)
+from training import (Run, add_model_args, add_training_args, barrier, build_gpt2, choose_device,
+                      count_parameters, freeze_for_strategy, gradual_unfreezing, is_main, predict, seed_everything,
+                      tokenizer_for, train_and_restore_best)
 
 COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per dataset
     "lr": {"last-linear-layer": 1e-3, "full-model": 1e-5},
@@ -170,8 +170,10 @@ def write_predictions(args, dataset: str, model: nn.Module, logits, dev: Tokeniz
         scores = predict(model, data.batches(4 * batch_size, shuffle=False), device, args.precision, logits,
                          len(data), f"{dataset} {split}")
         path = args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-{split}-out.csv"
-        evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.SENTIMENT_HEADER)
-        print(f"wrote {path}")
+        if is_main():
+            evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.SENTIMENT_HEADER)
+            print(f"wrote {path}")
+    barrier()  # every process grades the file the main one wrote
     results = evaluation.grade(args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-dev-out.csv",
                                args.data_dir / f"ids-{dataset}-dev.csv")
     majority = max(set(train.labels), key=train.labels.count)

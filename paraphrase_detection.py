@@ -18,8 +18,9 @@ from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
-                      freeze_for_strategy, predict, seed_everything, tokenizer_for, train_and_restore_best)
+from training import (Run, add_model_args, add_training_args, barrier, build_gpt2, choose_device,
+                      count_parameters, freeze_for_strategy, is_main, predict, seed_everything, tokenizer_for,
+                      train_and_restore_best)
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
 NO_YES = [3919, 8505]  # class 0 is the token "no", class 1 the token "yes"
@@ -186,8 +187,10 @@ def main() -> None:
     for data, path in ((dev, args.para_dev_out), (test, args.para_test_out)):
         scores = predict(model, data.batches(args.eval_batch_size, shuffle=False), device, args.precision, logits,
                          len(data), path.name)
-        evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.PARAPHRASE_HEADER)
-        print(f"wrote {path}")
+        if is_main():
+            evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.PARAPHRASE_HEADER)
+            print(f"wrote {path}")
+    barrier()  # every process grades the file the main one wrote
     results = evaluation.grade(args.para_dev_out, args.para_dev)
     majority = sum(label == 0 for label in dev.labels) / len(dev)
     print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, precision {results['precision']:.4f}, "

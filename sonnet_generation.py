@@ -5,6 +5,7 @@ each held-out sonnet from its first 3 lines, keep the best epochs by dev chrF, w
 """
 import argparse
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.losses import language_model_loss, unlikelihood_loss
 from modules.prefix import add_prefix
-from training import (Run, add_model_args, add_training_args, autocast, build_gpt2, choose_device,
-                      count_parameters, freeze_for_strategy, seed_everything, to_device, tokenizer_for,
-                      train_and_restore_best)
+from training import (Run, add_model_args, add_training_args, all_reduce_sum, autocast, barrier, build_gpt2,
+                      choose_device, count_parameters, freeze_for_strategy, gather_objects, is_main, rank,
+                      seed_everything, to_device, tokenizer_for, train_and_restore_best, world_size)
 
 SONNET_LINES = 14
 DECODINGS = ("greedy", "sample", "beam", "contrastive", "mbr", "pool")
@@ -36,6 +37,7 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--sonnet_out", type=Path, default=Path("predictions/generated_sonnets.txt"))
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--train_limit", type=int, default=0, help="train on a seeded sample of N sonnets (0: all)")
     parser.add_argument("--prefix_length", type=int, default=0,
                         help="prefix-tuning: train this many key/value positions per layer, GPT-2 frozen")
     parser.add_argument("--unlikelihood", type=float, default=0.0,
@@ -61,7 +63,11 @@ def get_args() -> argparse.Namespace:
     add_model_args(parser)
     add_training_args(parser)
     parser.set_defaults(keep_best=3)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.prefix_length and (args.compile or args.activation_checkpointing):
+        parser.error("--compile and --activation_checkpointing cover passes without the key/value cache; "
+                     "prefix-tuning trains through it")
+    return args
 
 
 def decoding_config(args: argparse.Namespace, strategy: str, max_lines: int, max_new_tokens: int) -> DecodingConfig:
@@ -89,7 +95,14 @@ class SonnetWriter:
         self.line_end_ids = token_ids_containing(tokenizer, LINE_END_TEXTS)
 
     def complete(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
-        """Each prompt's lines, unaltered, followed by the generated lines up to 14 in all."""
+        """Each prompt's lines, unaltered, followed by the generated lines up to 14 in all. Under torchrun
+        each process completes its share of the prompts and every process gets all the sonnets."""
+        mine = dict(list(prompts.items())[rank()::world_size()])
+        completed = {number: sonnet for shard in gather_objects(self.complete_here(mine) if mine else {})
+                     for number, sonnet in shard.items()}
+        return {number: completed[number] for number in prompts}
+
+    def complete_here(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
         encoded = [self.tokenizer.encode(sonnet_text(lines)) for lines in prompts.values()]
         room = self.model.config.max_position_embeddings - max(map(len, encoded))
         if room < 1:
@@ -145,7 +158,7 @@ def perplexity(model: GPT2Model, data: TokenizedDataset, args: argparse.Namespac
     """exp of the mean next-token loss per real token over `data`."""
     model.eval()
     total, count = 0.0, 0
-    for batch in data.batches(args.batch_size, shuffle=False):
+    for batch in data.batches(args.batch_size, shuffle=False)[rank()::world_size()]:
         batch = to_device(batch, device)
         with autocast(device, args.precision):
             hidden = model(batch["input_ids"], batch["attention_mask"])["last_hidden_state"]
@@ -153,6 +166,7 @@ def perplexity(model: GPT2Model, data: TokenizedDataset, args: argparse.Namespac
                                        batch["attention_mask"])
         tokens = int(batch["attention_mask"][:, 1:].sum())
         total, count = total + loss.item() * tokens, count + tokens
+    total, count = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=device)).tolist()
     return math.exp(total / count)
 
 
@@ -171,7 +185,10 @@ def main() -> None:
     tokenizer = tokenizer_for(args)
     model = build_gpt2(args)
     max_len = model.config.max_position_embeddings
-    train = sonnet_dataset(read_sonnets(args.sonnet_path), tokenizer, max_len, str(args.sonnet_path))
+    sonnets = read_sonnets(args.sonnet_path)
+    if args.train_limit:  # a seeded sample of the sonnets
+        sonnets = dict(random.Random(args.seed).sample(list(sonnets.items()), min(args.train_limit, len(sonnets))))
+    train = sonnet_dataset(sonnets, tokenizer, max_len, str(args.sonnet_path))
     dev_prompts, gold = read_sonnets(args.held_out_dev_path), read_sonnets(args.gold_dev_path)
     gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(args.gold_dev_path))
     test_prompts = read_sonnets(args.held_out_path)
@@ -202,8 +219,11 @@ def main() -> None:
         merge_lora(model)
     model.eval()
     for prompts, path in ((dev_prompts, args.sonnet_dev_out), (test_prompts, args.sonnet_out)):
-        evaluation.write_sonnets(path, writer.complete(prompts))
-        print(f"wrote {path}")
+        sonnets = writer.complete(prompts)
+        if is_main():
+            evaluation.write_sonnets(path, sonnets)
+            print(f"wrote {path}")
+    barrier()  # every process grades the file the main one wrote
     metrics = evaluation.grade_sonnets(args.sonnet_dev_out, args.gold_dev_path)
     metrics["perplexity"] = perplexity(model, gold_dev, args, device)
     print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))

@@ -7,7 +7,10 @@ def language_model_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention
     """Next-token cross-entropy; `logits` are `[B, T, V]` at every input position. Padding is neither
     predicted nor counted, so adding padding leaves the loss unchanged."""
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    # Shift the targets, not the logits: the last position predicts nothing, and the logits stay contiguous
+    # (slicing them off would copy the largest tensor of the step).
+    targets = F.pad(targets, (0, 1), value=-100)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def unlikelihood_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

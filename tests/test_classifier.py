@@ -1,4 +1,6 @@
 """classifier.py end to end on real SST rows with a tiny random checkpoint and the real tokenizer."""
+import os
+import signal
 import subprocess
 import sys
 from argparse import Namespace
@@ -106,27 +108,41 @@ def test_run_writes_gradeable_predictions_for_every_id_in_order(monkeypatch, tmp
     assert best["identity"]["task"] == "sentiment-sst"
 
 
-def test_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(monkeypatch, tmp_path, tiny_checkpoint,
+                                                                          signum):
     flags = ("--fine-tune-mode", "full-model", "--lr", "1e-3", "--scheduler", "cosine", "--warmup_ratio", "0.2")
     run_classifier(monkeypatch, tmp_path / "whole", tiny_checkpoint[0], *flags)
 
     calls, cross_entropy = [0], F.cross_entropy
 
-    def interrupt_in_second_epoch(*args, **kwargs):  # calls: 4 batches, the dev loss, then epoch 1
+    def signal_in_second_epoch(*args, **kwargs):  # calls: 4 batches, the dev loss, then epoch 1
         calls[0] += 1
         if calls[0] == 7:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
         return cross_entropy(*args, **kwargs)
 
-    monkeypatch.setattr(classifier.F, "cross_entropy", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(classifier.F, "cross_entropy", signal_in_second_epoch)
+    with pytest.raises(SystemExit) as stopped:
         run_classifier(monkeypatch, tmp_path / "split", tiny_checkpoint[0], *flags)
+    assert stopped.value.code == 128 + signum
+    saved = torch.load(tmp_path / "split/runs/sst/last.pt", weights_only=True)["progress"]
+    assert (saved["epoch"], saved["batches_done"]) == (1, 2)  # the step under way when the signal came
     monkeypatch.setattr(classifier.F, "cross_entropy", cross_entropy)
     run_classifier(monkeypatch, tmp_path / "split", tiny_checkpoint[0], *flags, "--resume")
 
     whole = torch.load(tmp_path / "whole/runs/sst/last.pt", weights_only=True)["model"]
     split = torch.load(tmp_path / "split/runs/sst/last.pt", weights_only=True)["model"]
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(monkeypatch, tmp_path, tiny_checkpoint):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(classifier.F, "cross_entropy", out_of_memory)
+    with pytest.raises(SystemExit, match="--batch_size 8 --grad_accum 2: the same effective batch"):
+        run_classifier(monkeypatch, tmp_path, tiny_checkpoint[0], "--fine-tune-mode", "full-model")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, tiny_checkpoint):
