@@ -3,8 +3,9 @@ training throughput (forward + backward of the language-modelling loss), greedy 
 the AdamW step against torch.optim.AdamW.
 
     python benchmark.py                                   # 124M shape, random weights, CPU or GPU
-    python benchmark.py --device cuda --dtype bfloat16 --model_size gpt2-medium
-"""
+    python benchmark.py --device cuda --dtype bfloat16 --model_size gpt2-medium --compile
+
+On a GPU it also prints each model's peak memory for one training step."""
 import argparse
 import tempfile
 import time
@@ -38,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", type=torch.device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast dtype for both")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout of both models while training")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each layer of both models for the training comparison")
     parser.add_argument("--seed", type=int, default=1337)
     for name, (cpu, gpu) in RUN_DEFAULTS.items():
         parser.add_argument(f"--{name}", type=int, help=f"default {cpu} on CPU, {gpu} on GPU")
@@ -115,6 +118,10 @@ def bench_training(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: 
               f"transformers {their_lm_loss(theirs, ids).item():.5f}")
     ours.train()
     theirs.train()
+    if args.compile:  # the same scope for both: each layer, as the task scripts' --compile does
+        ours.compile_layers()
+        for block in theirs.transformer.h:
+            block.compile()
 
     def step(model: torch.nn.Module, loss_fn: Callable) -> Callable[[], None]:
         def run() -> None:
@@ -124,14 +131,23 @@ def bench_training(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: 
             loss.backward()
         return run
 
-    times, _ = interleaved_times({"ours": step(ours, our_lm_loss), "transformers": step(theirs, their_lm_loss)},
-                                 args.warmup, args.iters, args.device)
-    for model in (ours, theirs):  # free the gradients' memory for what follows
-        model.zero_grad(set_to_none=True)
+    steps = {"ours": step(ours, our_lm_loss), "transformers": step(theirs, their_lm_loss)}
+    times, _ = interleaved_times(steps, args.warmup, args.iters, args.device)
     tokens = args.batch_size * args.seq_len
+    results = {name: tokens / seconds for name, seconds in times.items()}
     for name, seconds in times.items():
         print(f"train {name:>12}: {seconds * 1e3:9.1f} ms/iter  {tokens / seconds:9.1f} tokens/s")
-    return {name: tokens / seconds for name, seconds in times.items()}
+    if args.device.type == "cuda":  # one more step each, alone, for its peak memory
+        for name, run in steps.items():
+            ours.zero_grad(set_to_none=True)
+            theirs.zero_grad(set_to_none=True)
+            torch.cuda.reset_peak_memory_stats(args.device)
+            run()
+            results[f"{name} peak GiB"] = torch.cuda.max_memory_allocated(args.device) / 2**30
+            print(f"train {name:>12}: peak memory {results[f'{name} peak GiB']:.2f} GiB")
+    for model in (ours, theirs):  # free the gradients' memory for what follows
+        model.zero_grad(set_to_none=True)
+    return results
 
 
 def bench_decoding(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: argparse.Namespace,
@@ -212,14 +228,17 @@ def main() -> None:
 
     ours, theirs = load_models(args)
     describe(ours, theirs, args)
+    decode, identical = bench_decoding(ours, theirs, args, amp)  # first: --compile applies to training only
     train = bench_training(ours, theirs, args, amp)
-    decode, identical = bench_decoding(ours, theirs, args, amp)
     del theirs  # the optimizers' state needs the room on large models
     adamw = bench_adamw(ours, args)
 
+    memory = [("train peak GiB: ours / transformers", train["ours peak GiB"], train["transformers peak GiB"],
+               train["ours peak GiB"] / train["transformers peak GiB"])] if "ours peak GiB" in train else []
     print_table([
         ("train tokens/s: ours / transformers", train["ours"], train["transformers"],
          train["ours"] / train["transformers"]),
+        *memory,
         ("decode tokens/s: cache / recompute", decode["ours cache"], decode["ours recompute"],
          decode["ours cache"] / decode["ours recompute"]),
         ("decode tokens/s: cache / transformers", decode["ours cache"], decode["transformers"],

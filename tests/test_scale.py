@@ -133,3 +133,16 @@ def test_compiled_layers_match_eager_and_leave_the_state_dict_alone(tiny_checkpo
         compiled = model(ids, mask)["last_hidden_state"]
     assert torch.allclose(eager, compiled, atol=1e-5)
     assert list(model.state_dict()) == keys
+
+
+def test_benchmark_runs_both_models_on_the_same_weights_with_compiled_layers(tiny_checkpoint):
+    finished = subprocess.run(
+        [sys.executable, "benchmark.py", "--model_path", str(tiny_checkpoint[0]), "--device", "cpu", "--compile",
+         "--batch_size", "2", "--seq_len", "16", "--warmup", "1", "--iters", "1", "--gen_batch", "2",
+         "--prompt_len", "8", "--new_tokens", "8", "--gen_iters", "1", "--adam_iters", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    check = next(line for line in finished.stdout.splitlines() if line.startswith("same-weights check"))
+    assert check.split("ours ")[1].split(",")[0] == check.split("transformers ")[1]
+    assert "greedy tokens of ours (cache) and transformers identical: yes" in finished.stdout
+    assert "train tokens/s: ours / transformers" in finished.stdout
