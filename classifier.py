@@ -4,7 +4,6 @@ course's prediction files.
     python classifier.py --fine-tune-mode full-model --use_gpu
 """
 import argparse
-import random
 from pathlib import Path
 
 import torch
@@ -12,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import evaluation
-from datasets import SENTIMENT_NUM_LABELS, TokenizedDataset, read_sentiment, tokenize_sentiment
+from datasets import SENTIMENT_NUM_LABELS, TokenizedDataset, read_sentiment, seeded_sample, tokenize_sentiment
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, barrier, build_gpt2, choose_device,
-                      count_parameters, freeze_for_strategy, gradual_unfreezing, is_main, predict, seed_everything,
-                      tokenizer_for, train_and_restore_best)
+from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
+                      freeze_for_strategy, gradual_unfreezing, predict, seed_everything, tokenizer_for,
+                      train_and_restore_best, write_on_main)
 
 COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per dataset
     "lr": {"last-linear-layer": 1e-3, "full-model": 1e-5},
@@ -115,8 +114,8 @@ def label_token_ids(tokenizer, words: str, num_labels: int) -> list[int]:
 def load_split(args, tokenizer, dataset: str, split: str, template: str, max_len: int) -> TokenizedDataset:
     path = args.data_dir / f"ids-{dataset}-{split}.csv"
     examples = read_sentiment(path, SENTIMENT_NUM_LABELS[dataset], labelled=split != "test-student")
-    if split == "train" and args.train_limit:  # a seeded sample: the course files are not shuffled
-        examples = random.Random(args.seed).sample(examples, min(args.train_limit, len(examples)))
+    if split == "train":
+        examples = seeded_sample(examples, args.train_limit, args.seed)
     return tokenize_sentiment(examples, tokenizer, template, max_len, str(path))
 
 
@@ -170,10 +169,8 @@ def write_predictions(args, dataset: str, model: nn.Module, logits, dev: Tokeniz
         scores = predict(model, data.batches(4 * batch_size, shuffle=False), device, args.precision, logits,
                          len(data), f"{dataset} {split}")
         path = args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-{split}-out.csv"
-        if is_main():
-            evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.SENTIMENT_HEADER)
-            print(f"wrote {path}")
-    barrier()  # every process grades the file the main one wrote
+        write_on_main(evaluation.write_predictions, path, data.ids, scores.argmax(-1).tolist(),
+                      evaluation.SENTIMENT_HEADER)
     results = evaluation.grade(args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-dev-out.csv",
                                args.data_dir / f"ids-{dataset}-dev.csv")
     majority = max(set(train.labels), key=train.labels.count)

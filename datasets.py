@@ -1,9 +1,11 @@
 """Loading, prompts and batching for the course's tasks. Each dataset is tokenised once."""
 import csv
+import random
 import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -16,6 +18,14 @@ class SentimentExample:
     id: str
     sentence: str
     label: int | None  # None in the unlabelled test files
+
+
+Item = TypeVar("Item")
+
+
+def seeded_sample(items: list[Item], limit: int, seed: int) -> list[Item]:
+    """`limit` of `items` drawn with `seed` (the course files are not shuffled), or all of them when limit is 0."""
+    return random.Random(seed).sample(items, min(limit, len(items))) if limit else items
 
 
 def open_course_csv(path: str | Path, required: tuple[str, ...]) -> tuple[csv.DictReader, object]:

@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import evaluation
-from datasets import TokenizedDataset, read_paraphrase, tokenize_paraphrase
+from datasets import TokenizedDataset, read_paraphrase, seeded_sample, tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, barrier, build_gpt2, choose_device,
-                      count_parameters, freeze_for_strategy, is_main, predict, seed_everything, tokenizer_for,
-                      train_and_restore_best)
+from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
+                      freeze_for_strategy, predict, seed_everything, tokenizer_for, train_and_restore_best,
+                      write_on_main)
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
 NO_YES = [3919, 8505]  # class 0 is the token "no", class 1 the token "yes"
@@ -150,8 +150,7 @@ def main() -> None:
 
     train_examples = read_paraphrase(args.para_train)
     template = (demonstrations(train_examples, args.k_shot, args.seed, args.prompt) if args.k_shot else "") + args.prompt
-    if args.train_limit:  # a seeded sample of the pairs
-        train_examples = random.Random(args.seed).sample(train_examples, min(args.train_limit, len(train_examples)))
+    train_examples = seeded_sample(train_examples, args.train_limit, args.seed)
     train, dev, test = (tokenize_paraphrase(examples, tokenizer, template, max_len, str(path), args.symmetric)
                         for examples, path in ((train_examples, args.para_train),
                                                (read_paraphrase(args.para_dev), args.para_dev),
@@ -187,10 +186,8 @@ def main() -> None:
     for data, path in ((dev, args.para_dev_out), (test, args.para_test_out)):
         scores = predict(model, data.batches(args.eval_batch_size, shuffle=False), device, args.precision, logits,
                          len(data), path.name)
-        if is_main():
-            evaluation.write_predictions(path, data.ids, scores.argmax(-1).tolist(), evaluation.PARAPHRASE_HEADER)
-            print(f"wrote {path}")
-    barrier()  # every process grades the file the main one wrote
+        write_on_main(evaluation.write_predictions, path, data.ids, scores.argmax(-1).tolist(),
+                      evaluation.PARAPHRASE_HEADER)
     results = evaluation.grade(args.para_dev_out, args.para_dev)
     majority = sum(label == 0 for label in dev.labels) / len(dev)
     print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, precision {results['precision']:.4f}, "

@@ -5,22 +5,21 @@ each held-out sonnet from its first 3 lines, keep the best epochs by dev chrF, w
 """
 import argparse
 import math
-import random
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from datasets import TokenizedDataset, read_sonnets, sonnet_text
+from datasets import TokenizedDataset, read_sonnets, seeded_sample, sonnet_text
 from models.decoding import DecodingConfig, generate, mbr_select
 from models.gpt2 import GPT2Model
 from modules.lora import merge_lora
 from modules.losses import language_model_loss, unlikelihood_loss
 from modules.prefix import add_prefix
-from training import (Run, add_model_args, add_training_args, all_reduce_sum, autocast, barrier, build_gpt2,
-                      choose_device, count_parameters, freeze_for_strategy, gather_objects, is_main, rank,
-                      seed_everything, to_device, tokenizer_for, train_and_restore_best, world_size)
+from training import (Run, add_model_args, add_training_args, all_reduce_sum, autocast, build_gpt2, choose_device,
+                      count_parameters, freeze_for_strategy, gather_objects, seed_everything, share, to_device,
+                      tokenizer_for, train_and_restore_best, write_on_main)
 
 SONNET_LINES = 14
 DECODINGS = ("greedy", "sample", "beam", "contrastive", "mbr", "pool")
@@ -97,7 +96,7 @@ class SonnetWriter:
     def complete(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
         """Each prompt's lines, unaltered, followed by the generated lines up to 14 in all. Under torchrun
         each process completes its share of the prompts and every process gets all the sonnets."""
-        mine = dict(list(prompts.items())[rank()::world_size()])
+        mine = dict(share(list(prompts.items())))
         completed = {number: sonnet for shard in gather_objects(self.complete_here(mine) if mine else {})
                      for number, sonnet in shard.items()}
         return {number: completed[number] for number in prompts}
@@ -158,7 +157,7 @@ def perplexity(model: GPT2Model, data: TokenizedDataset, args: argparse.Namespac
     """exp of the mean next-token loss per real token over `data`."""
     model.eval()
     total, count = 0.0, 0
-    for batch in data.batches(args.batch_size, shuffle=False)[rank()::world_size()]:
+    for batch in share(data.batches(args.batch_size, shuffle=False)):
         batch = to_device(batch, device)
         with autocast(device, args.precision):
             hidden = model(batch["input_ids"], batch["attention_mask"])["last_hidden_state"]
@@ -185,9 +184,7 @@ def main() -> None:
     tokenizer = tokenizer_for(args)
     model = build_gpt2(args)
     max_len = model.config.max_position_embeddings
-    sonnets = read_sonnets(args.sonnet_path)
-    if args.train_limit:  # a seeded sample of the sonnets
-        sonnets = dict(random.Random(args.seed).sample(list(sonnets.items()), min(args.train_limit, len(sonnets))))
+    sonnets = dict(seeded_sample(list(read_sonnets(args.sonnet_path).items()), args.train_limit, args.seed))
     train = sonnet_dataset(sonnets, tokenizer, max_len, str(args.sonnet_path))
     dev_prompts, gold = read_sonnets(args.held_out_dev_path), read_sonnets(args.gold_dev_path)
     gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(args.gold_dev_path))
@@ -219,11 +216,7 @@ def main() -> None:
         merge_lora(model)
     model.eval()
     for prompts, path in ((dev_prompts, args.sonnet_dev_out), (test_prompts, args.sonnet_out)):
-        sonnets = writer.complete(prompts)
-        if is_main():
-            evaluation.write_sonnets(path, sonnets)
-            print(f"wrote {path}")
-    barrier()  # every process grades the file the main one wrote
+        write_on_main(evaluation.write_sonnets, path, writer.complete(prompts))
     metrics = evaluation.grade_sonnets(args.sonnet_dev_out, args.gold_dev_path)
     metrics["perplexity"] = perplexity(model, gold_dev, args, device)
     print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))

@@ -103,6 +103,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def share(items: list[Any]) -> list[Any]:
+    """This process's part of an evaluation under torchrun: every world_size-th item from its rank."""
+    return items[rank()::world_size()]
+
+
+def write_on_main(write: Callable[..., None], path: Path, *contents: Any) -> None:
+    """`write(path, *contents)` in the main process only; every process returns once the file is there."""
+    if is_main():
+        write(path, *contents)
+        print(f"wrote {path}")
+    barrier()
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     dtype = PRECISIONS[precision]
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -541,7 +554,7 @@ def predict(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: to
     torchrun each process scores its share of the batches and every process gets all the scores."""
     model.eval()
     scored = []
-    for batch in tqdm(batches[rank()::world_size()], desc=desc, leave=False, disable=not is_main()):
+    for batch in tqdm(share(batches), desc=desc, leave=False, disable=not is_main()):
         with autocast(device, precision):
             scored.append((batch["indices"], score(to_device(batch, device)).float().cpu()))
     scored = [pair for shard_scores in gather_objects(scored) for pair in shard_scores]
