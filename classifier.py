@@ -3,21 +3,31 @@ course's prediction files.
 
     python classifier.py --fine-tune-mode full-model --use_gpu
 """
-import argparse
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from datasets import SENTIMENT_NUM_LABELS, TokenizedDataset, read_sentiment, seeded_sample, tokenize_sentiment
+from config import FREE, require, require_range, setting
+from datasets import EpochBatches, TokenizedDataset, seeded_sample, tokenize_sentiment
 from models.gpt2 import GPT2Model
-from modules.lora import merge_lora
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
-                      freeze_for_strategy, gradual_unfreezing, predict, seed_everything, tokenizer_for,
-                      train_and_restore_best, write_on_main)
+from training.checkpoints import seed_everything
+from training.course_files import SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, read_sentiment, write_predictions
+from training.device import choose_device
+from training.distributed import write_on_main
+from training.inference import predict
+from training.loop import train_and_restore_best
+from training.metrics import classification_metrics
+from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
+from training.run_dir import Run, plan_run
+from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_template, require_writable,
+                               settings_from_flags, settings_parser, user_errors_end_in_one_line)
 
 COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per dataset
     "lr": {"last-linear-layer": 1e-3, "full-model": 1e-5},
@@ -25,6 +35,99 @@ COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per 
 }
 CLOZE_TEMPLATE = "{sentence} All in all, the movie was"
 LABEL_WORDS = {"sst": " terrible, bad, okay, good, great", "cfimdb": " bad, good"}
+SPLITS = ("train", "dev", "test-student")
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """The task: which datasets, their files, and how GPT-2 turns a sentence into a label."""
+    fine_tune_mode: str = setting("last-linear-layer", "train only the head, or GPT-2 too",
+                                  choices=("last-linear-layer", "full-model"), flag="--fine-tune-mode")
+    dataset: str = setting("both", "which dataset to train on; both runs SST, then CFIMDB",
+                           choices=("sst", "cfimdb", "both"), on_resume=FREE)
+    data_dir: Path = setting(Path("data"), "folder of the course's ids-{sst,cfimdb}-*.csv files", on_resume=FREE)
+    predictions_dir: Path = setting(Path("predictions"), "where the prediction files go", on_resume=FREE)
+    head_dropout: float = setting(0.3, "dropout before the classification head", aliases=("--hidden_dropout_prob",))
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    pooling: str = setting("last", "hidden states the head reads: the last real token (the course's), a mean, "
+                                   "a max, learned attention, or a learned mix of mean and last", choices=POOLING)
+    prompt: str | None = setting(None, "template around each sentence, e.g. 'Review: {sentence} Sentiment:'")
+    cloze: bool = setting(False, "score label words through the language-model head instead of a new head; "
+                                 "with --epochs 0 this is zero-shot")
+    label_words: str | None = setting(None, f"comma-separated, one single-token word per class; default {LABEL_WORDS}")
+
+    def __post_init__(self) -> None:
+        require_range(self, "head_dropout", 0, 1, high_open=True)
+        require_range(self, "label_smoothing", 0, 1, high_open=True)
+        if self.prompt is not None:
+            require_template(self, "prompt", {"sentence"})
+        require(self, "pooling", not self.cloze or self.pooling == "last",
+                "--cloze reads the last token's next-word logits; it takes no --pooling")
+        require(self, "label_words", self.label_words is None or self.cloze, "only with --cloze")
+        for dataset in self.datasets:
+            if self.label_words is not None:
+                count = len(self.label_words.split(","))
+                require(self, "label_words", count == SENTIMENT_NUM_LABELS[dataset],
+                        f"{dataset} has {SENTIMENT_NUM_LABELS[dataset]} classes, and needs as many words, not "
+                        f"{count} (SST and CFIMDB need their own: run them one at a time with --dataset)")
+            for split in SPLITS:
+                require(self, "data_dir", self.data_file(dataset, split).is_file(),
+                        f"holds no ids-{dataset}-{split}.csv (bash setup.sh copies the course data into data/)")
+        require_writable(self, "predictions_dir", directory=True)
+
+    @property
+    def datasets(self) -> list[str]:
+        return ["sst", "cfimdb"] if self.dataset == "both" else [self.dataset]
+
+    def data_file(self, dataset: str, split: str) -> Path:
+        return self.data_dir / f"ids-{dataset}-{split}.csv"
+
+    def predictions_file(self, dataset: str, split: str) -> Path:
+        return self.predictions_dir / f"{self.fine_tune_mode}-{dataset}-{split}-out.csv"
+
+
+@dataclass(frozen=True)
+class Settings(ScriptSettings):
+    task: ClassifierSettings  # with `train`'s lr and batch_size None meaning the course's (`resolved_training`)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        task, strategy = self.task, self.strategy
+        whole_model = task.fine_tune_mode == "full-model"
+        for name in ("lora", "train_top_layers", "ulmfit"):
+            require(strategy, name, whole_model or not getattr(strategy, name),
+                    "trains part of GPT-2 (or unfreezes it): use --fine-tune-mode full-model")
+        require(task, "cloze", not task.cloze or whole_model or self.train.epochs == 0,
+                "has no new head to train in last-linear-layer mode; use --epochs 0 for zero-shot, or "
+                "--fine-tune-mode full-model to train GPT-2 (all of it, or through --lora)")
+
+
+def build_parser() -> FlagParser:
+    return settings_parser(Settings, "classifier.py", __doc__, {
+        "train": {"defaults": {"lr": None, "batch_size": None},
+                  "helps": {"lr": "default: 1e-3 last-linear-layer, 1e-5 full-model",
+                            "batch_size": "default: 64 for SST, 8 for CFIMDB"}},
+        "strategy": {"skip": ("prefix_length",)},
+        "run": {"helps": {"run_dir": "its DATASET subfolder holds each dataset's run "
+                                     "(default: runs/{fine-tune-mode})"}},
+    })
+
+
+def get_settings(argv: list[str]) -> Settings:
+    """The settings the flags ask for, every value checked, before any data or model is loaded."""
+    return settings_from_flags(Settings, build_parser().parse_args(argv))
+
+
+def resolved_training(settings: Settings, dataset: str) -> TrainSettings:
+    """The training settings of one dataset: the course's learning rate and batch size unless given, and
+    ULMFiT's own schedule."""
+    train = settings.train
+    train = replace(train, lr=train.lr or COURSE_DEFAULTS["lr"][settings.task.fine_tune_mode],
+                    batch_size=train.batch_size or COURSE_DEFAULTS["batch_size"][dataset])
+    if settings.strategy.ulmfit:
+        train = replace(train, layer_lr_decay=1 / 2.6 if train.layer_lr_decay == 1.0 else train.layer_lr_decay,
+                        scheduler="slanted_triangular", warmup_ratio=train.warmup_ratio or 0.1)
+    return train
 
 
 class SentimentClassifier(nn.Module):
@@ -51,141 +154,97 @@ class SentimentClassifier(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
-def get_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fine-tune-mode", dest="fine_tune_mode", choices=["last-linear-layer", "full-model"],
-                        default="last-linear-layer", help="train only the head, or GPT-2 too")
-    parser.add_argument("--dataset", choices=["sst", "cfimdb", "both"], default="both")
-    parser.add_argument("--data_dir", type=Path, default=Path("data"))
-    parser.add_argument("--predictions_dir", type=Path, default=Path("predictions"))
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 last-linear-layer, 1e-5 full-model")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: 64 for SST, 8 for CFIMDB")
-    parser.add_argument("--head_dropout", "--hidden_dropout_prob", dest="head_dropout", type=float, default=0.3)
-    parser.add_argument("--label_smoothing", type=float, default=0.0)
-    parser.add_argument("--pooling", choices=POOLING, default="last")
-    parser.add_argument("--prompt", default=None,
-                        help="template around each sentence, e.g. 'Review: {sentence} Sentiment:'")
-    parser.add_argument("--cloze", action="store_true",
-                        help="score label words through the language-model head instead of a new head; "
-                             "with --epochs 0 this is zero-shot")
-    parser.add_argument("--label_words", default=None,
-                        help=f"comma-separated, one single-token word per class; default {LABEL_WORDS}")
-    parser.add_argument("--ulmfit", action="store_true",
-                        help="gradual unfreezing, discriminative learning rates (/2.6 per layer) and a "
-                             "slanted triangular schedule")
-    parser.add_argument("--train_limit", type=int, default=0, help="train on a seeded sample of N rows (0: all)")
-    add_model_args(parser)
-    add_training_args(parser)
-    args = parser.parse_args()
-    check_args(args)
-    return args
-
-
-def check_args(args: argparse.Namespace) -> None:
-    whole_model = args.fine_tune_mode == "full-model"
-    if args.ulmfit and (args.lora or args.train_top_layers or not whole_model):
-        raise SystemExit("--ulmfit unfreezes the whole model: use it with --fine-tune-mode full-model alone")
-    if (args.lora or args.train_top_layers) and not whole_model:
-        raise SystemExit("--lora and --train_top_layers train part of GPT-2: use --fine-tune-mode full-model")
-    if args.cloze and args.pooling != "last":
-        raise SystemExit("--cloze reads the last token's next-word logits; it takes no --pooling")
-    if args.cloze and not whole_model and args.epochs > 0:
-        raise SystemExit("--cloze has no new head to train in last-linear-layer mode; use --epochs 0 for "
-                         "zero-shot, or --fine-tune-mode full-model (or --lora)")
-    if args.ulmfit:  # ULMFiT's own settings, unless given
-        args.layer_lr_decay = 1 / 2.6 if args.layer_lr_decay == 1.0 else args.layer_lr_decay
-        args.scheduler = "slanted_triangular"
-        args.warmup_ratio = args.warmup_ratio or 0.1
-
-
-def label_token_ids(tokenizer, words: str, num_labels: int) -> list[int]:
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, dataset: str) -> list[int]:
+    """One token id per class: the cloze label words, each a single token after a space."""
     ids = []
-    for word in words.split(","):
-        word = " " + word.strip()
-        tokens = tokenizer.encode(word)
-        if len(tokens) != 1:
-            raise SystemExit(f"label word {word!r} is {len(tokens)} tokens; cloze needs single-token words")
+    for word in (task.label_words or LABEL_WORDS[dataset]).split(","):
+        tokens = tokenizer.encode(" " + word.strip())
+        require(task, "label_words", len(tokens) == 1,
+                f"{word.strip()!r} is {len(tokens)} tokens; cloze needs single-token words")
         ids += tokens
-    if len(ids) != num_labels:
-        raise SystemExit(f"--label_words needs {num_labels} words, got {len(ids)}")
     return ids
 
 
-def load_split(args, tokenizer, dataset: str, split: str, template: str, max_len: int) -> TokenizedDataset:
-    path = args.data_dir / f"ids-{dataset}-{split}.csv"
+def load_split(settings: Settings, tokenizer: PreTrainedTokenizerBase, dataset: str, split: str, template: str,
+               max_len: int) -> TokenizedDataset:
+    path = settings.task.data_file(dataset, split)
     examples = read_sentiment(path, SENTIMENT_NUM_LABELS[dataset], labelled=split != "test-student")
     if split == "train":
-        examples = seeded_sample(examples, args.train_limit, args.seed)
+        examples = seeded_sample(examples, settings.train.train_limit, settings.train.seed)
     return tokenize_sentiment(examples, tokenizer, template, max_len, str(path))
 
 
-def run_dataset(args: argparse.Namespace, dataset: str, device: torch.device) -> dict[str, float]:
-    seed_everything(args.seed)
+def run_dataset(settings: Settings, dataset: str, run: Run | None, tokenizer: PreTrainedTokenizerBase,
+                words: list[int] | None, device: torch.device) -> dict[str, float]:
+    """Train on `dataset` (unless `run` is None), write its prediction files and grade the dev file. `words`
+    are the cloze label words' token ids."""
+    task, train = settings.task, resolved_training(settings, dataset)
+    seed_everything(train.seed)
     num_labels = SENTIMENT_NUM_LABELS[dataset]
-    batch_size = args.batch_size or COURSE_DEFAULTS["batch_size"][dataset]
-    lr = args.lr or COURSE_DEFAULTS["lr"][args.fine_tune_mode]
-    tokenizer = tokenizer_for(args)
-    gpt = build_gpt2(args)
-    template = args.prompt or (CLOZE_TEMPLATE if args.cloze else "{sentence}")
-    train, dev, test = (load_split(args, tokenizer, dataset, split, template, gpt.config.max_position_embeddings)
-                        for split in ("train", "dev", "test-student"))
+    gpt = build_gpt2(settings.model)
+    template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
+    train_data, dev, test = (load_split(settings, tokenizer, dataset, split, template,
+                                        gpt.config.max_position_embeddings) for split in SPLITS)
 
-    words = label_token_ids(tokenizer, args.label_words or LABEL_WORDS[dataset], num_labels) if args.cloze else None
-    freeze_for_strategy(gpt, args, train_gpt=args.fine_tune_mode == "full-model")
-    model = SentimentClassifier(gpt, num_labels, args.pooling, args.head_dropout, words).to(device)
-    print(f"{dataset}: {len(train)} train, {len(dev)} dev, {len(test)} test; {count_parameters(model)}")
-
-    run_dir = (args.run_dir or Path("runs") / f"{args.fine_tune_mode}") / dataset
-    identity = {"task": f"sentiment-{dataset}", "model": gpt.config.to_dict(), "cloze": args.cloze,
-                "pooling": args.pooling, "lora": [args.lora_rank, args.lora_targets, args.dora] if args.lora else None}
-    run = Run(run_dir, identity, device, args.resume)
+    apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
+    model = SentimentClassifier(gpt, num_labels, task.pooling, task.head_dropout, words).to(device)
+    print(f"{dataset}: {len(train_data)} train, {len(dev)} dev, {len(test)} test; {count_parameters(model)}")
+    precision = settings.model.precision
 
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["input_ids"], batch["attention_mask"])
 
     def evaluate() -> dict[str, float]:
-        scores = predict(model, dev.batches(4 * batch_size, shuffle=False), device, args.precision, logits,
+        scores = predict(model, dev.batches(4 * train.batch_size, shuffle=False), device, precision, logits,
                          len(dev), f"{dataset} dev")
-        metrics = evaluation.classification_metrics(dev.labels, scores.argmax(-1).tolist(), range(num_labels))
+        metrics = classification_metrics(dev.labels, scores.argmax(-1).tolist(), range(num_labels))
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                 "loss": F.cross_entropy(scores, torch.tensor(dev.labels)).item()}
 
-    if args.epochs > 0:
+    if run is not None:
+        num_layers = gpt.config.num_hidden_layers
         train_and_restore_best(
-            model, args, lr, gpt.config.num_hidden_layers, run,
-            train_batches=lambda epoch: train.batches(batch_size, shuffle=True, seed=args.seed + epoch),
-            batches_per_epoch=-(-len(train) // batch_size),
-            loss_fn=lambda batch: F.cross_entropy(logits(batch), batch["labels"], label_smoothing=args.label_smoothing),
+            model, run, train, precision, num_layers, EpochBatches(train_data, train.batch_size, train.seed),
+            loss_fn=lambda batch: F.cross_entropy(logits(batch), batch["labels"], label_smoothing=task.label_smoothing),
             evaluate=evaluate,
-            on_epoch_start=gradual_unfreezing(model, gpt.config.num_hidden_layers) if args.ulmfit else None)
-    if args.lora:
-        merge_lora(model.gpt)  # the adapters folded into the weights: plain GPT-2 speed at inference
-    return write_predictions(args, dataset, model, logits, dev, test, batch_size, device, train)
+            on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
 
-
-def write_predictions(args, dataset: str, model: nn.Module, logits, dev: TokenizedDataset, test: TokenizedDataset,
-                      batch_size: int, device: torch.device, train: TokenizedDataset) -> dict[str, float]:
     for split, data in (("dev", dev), ("test", test)):
-        scores = predict(model, data.batches(4 * batch_size, shuffle=False), device, args.precision, logits,
+        scores = predict(model, data.batches(4 * train.batch_size, shuffle=False), device, precision, logits,
                          len(data), f"{dataset} {split}")
-        path = args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-{split}-out.csv"
-        write_on_main(evaluation.write_predictions, path, data.ids, scores.argmax(-1).tolist(),
-                      evaluation.SENTIMENT_HEADER)
-    results = evaluation.grade(args.predictions_dir / f"{args.fine_tune_mode}-{dataset}-dev-out.csv",
-                               args.data_dir / f"ids-{dataset}-dev.csv")
-    majority = max(set(train.labels), key=train.labels.count)
+        write_on_main(write_predictions, task.predictions_file(dataset, split), data.ids, scores.argmax(-1).tolist(),
+                      SENTIMENT_HEADER)
+    results = evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"))
+    majority = max(set(train_data.labels), key=train_data.labels.count)
     baseline = sum(label == majority for label in dev.labels) / len(dev)
     print(f"{dataset} dev: accuracy {results['accuracy']:.4f}, macro-F1 {results['macro_f1']:.4f} "
           f"(majority class {majority}: accuracy {baseline:.4f})")
     return results
 
 
-def main() -> None:
-    args = get_args()
-    device = choose_device(args.use_gpu, args.precision)
-    for dataset in (["sst", "cfimdb"] if args.dataset == "both" else [args.dataset]):
-        run_dataset(args, dataset, device)
+def plan_dataset_run(settings: Settings, dataset: str, command: list[str], device: torch.device) -> Run | None:
+    """Where and how `dataset` trains (None without training); refused at start-up, before any dataset trains."""
+    if settings.train.epochs == 0:
+        return None
+    task = settings.task
+    resolved = replace(settings, task=replace(task, dataset=dataset), train=resolved_training(settings, dataset))
+    directory = (settings.run.run_dir or Path("runs") / task.fine_tune_mode) / dataset
+    data = {f"--data_dir ({split})": task.data_file(dataset, split) for split in ("train", "dev")}
+    return plan_run(resolved, directory, f"sentiment-{dataset}", data, command, device)
+
+
+def main(argv: list[str]) -> None:
+    with user_errors_end_in_one_line("classifier.py"):
+        settings = get_settings(argv)
+        device = choose_device(settings.model.use_gpu, settings.model.precision)
+        runs = {dataset: plan_dataset_run(settings, dataset, ["classifier.py", *argv], device)
+                for dataset in settings.task.datasets}
+        tokenizer = tokenizer_for(settings.model)
+        words = {dataset: label_token_ids(tokenizer, settings.task, dataset) if settings.task.cloze else None
+                 for dataset in runs}
+        for dataset, run in runs.items():
+            run_dataset(settings, dataset, run, tokenizer, words[dataset], device)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

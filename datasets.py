@@ -1,24 +1,16 @@
-"""Loading, prompts and batching for the course's tasks. Each dataset is tokenised once."""
-import csv
+"""Prompts, tokenising and batching for the course's tasks. Each dataset is tokenised once; the files
+themselves are read by `training.course_files`."""
 import random
 import string
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-SENTIMENT_NUM_LABELS = {"sst": 5, "cfimdb": 2}
-
-
-@dataclass
-class SentimentExample:
-    id: str
-    sentence: str
-    label: int | None  # None in the unlabelled test files
-
+from config import END_OF_TEXT_ID
+from training.course_files import ParaphraseExample, SentimentExample
 
 Item = TypeVar("Item")
 
@@ -26,120 +18,6 @@ Item = TypeVar("Item")
 def seeded_sample(items: list[Item], limit: int, seed: int) -> list[Item]:
     """`limit` of `items` drawn with `seed` (the course files are not shuffled), or all of them when limit is 0."""
     return random.Random(seed).sample(items, min(limit, len(items))) if limit else items
-
-
-def open_course_csv(path: str | Path, required: tuple[str, ...]) -> tuple[csv.DictReader, object]:
-    """A `csv.DictReader` over a course file (tab-separated, CRLF or LF), after checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `bash setup.sh` or copy the course data into data/")
-    handle = open(path, newline="", encoding="utf-8")
-    reader = csv.DictReader(handle, delimiter="\t")
-    missing = [column for column in required if column not in (reader.fieldnames or [])]
-    if missing:
-        handle.close()
-        raise ValueError(f"{path}, line 1: missing column(s) {', '.join(missing)}; found {reader.fieldnames}")
-    return reader, handle
-
-
-def read_sentiment(path: str | Path, num_labels: int, labelled: bool = True) -> list[SentimentExample]:
-    """Rows of an `ids-{sst,cfimdb}-*.csv` file. Extra columns (the test files' unnamed one) are ignored;
-    a row without an id or sentence, a repeated id, or a label outside 0..num_labels-1 is an error."""
-    required = ("id", "sentence", "sentiment") if labelled else ("id", "sentence")
-    reader, handle = open_course_csv(path, required)
-    examples, seen = [], set()
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            example_id, sentence = (row["id"] or "").strip(), (row["sentence"] or "").strip()
-            if not example_id:
-                raise ValueError(f"{where}: the row has no id")
-            if example_id in seen:
-                raise ValueError(f"{where}: id {example_id} appears twice")
-            if not sentence:
-                raise ValueError(f"{where}: id {example_id} has an empty sentence")
-            label = parse_label(row["sentiment"], num_labels, where) if labelled else None
-            seen.add(example_id)
-            examples.append(SentimentExample(example_id, sentence, label))
-    if not examples:
-        raise ValueError(f"{path} has no rows")
-    return examples
-
-
-@dataclass
-class ParaphraseExample:
-    id: str
-    sentence1: str
-    sentence2: str
-    label: int | None  # 1 duplicate, 0 not; None in the unlabelled test file
-
-
-def read_paraphrase(path: str | Path, labelled: bool = True) -> list[ParaphraseExample]:
-    """Rows of a `quora-*.csv` file. As in the course files, labelled rows whose label is empty or not a
-    number are skipped and counted in one warning; a row without an id or a repeated id is an error."""
-    required = ("id", "sentence1", "sentence2", "is_duplicate") if labelled else ("id", "sentence1", "sentence2")
-    reader, handle = open_course_csv(path, required)
-    examples, seen, skipped = [], set(), []
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            example_id = (row["id"] or "").strip()
-            if not example_id:
-                raise ValueError(f"{where}: the row has no id")
-            if example_id in seen:
-                raise ValueError(f"{where}: id {example_id} appears twice")
-            seen.add(example_id)
-            label = None
-            if labelled:
-                try:
-                    label = parse_label(row["is_duplicate"], 2, where)
-                except ValueError:
-                    skipped.append(reader.line_num)
-                    continue
-            examples.append(ParaphraseExample(example_id, (row["sentence1"] or "").strip(),
-                                              (row["sentence2"] or "").strip(), label))
-    if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without a 0/1 label (lines "
-                      f"{', '.join(map(str, skipped[:10]))}{', ...' if len(skipped) > 10 else ''})")
-    if not examples:
-        raise ValueError(f"{path} has no usable rows")
-    return examples
-
-
-def parse_label(text: str | None, num_labels: int, where: str) -> int:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: label {text!r} is not a number") from None
-    if value != int(value) or not 0 <= value < num_labels:
-        raise ValueError(f"{where}: label {text!r} is outside the label set 0..{num_labels - 1}")
-    return int(value)
-
-
-def read_sonnets(path: str | Path) -> dict[int, list[str]]:
-    """Sonnets of a course file: a header, then each sonnet's number on a line of its own followed by its
-    lines (blank lines ignored, CRLF or LF). Sonnets of any length are kept (the course's 99 has 15 lines,
-    126 has 12); a number with no lines or a repeated number is an error naming the sonnet."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `bash setup.sh` or copy the course data into data/")
-    sonnets: dict[int, list[str]] = {}
-    current = None
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_number, line in enumerate(f.read().splitlines(), start=1):
-            if line.strip().isdigit():
-                current = int(line)
-                if current in sonnets:
-                    raise ValueError(f"{path}, line {line_number}: sonnet {current} appears twice")
-                sonnets[current] = []
-            elif line.strip() and current is not None:
-                sonnets[current].append(line.rstrip())
-    empty = [number for number, lines in sonnets.items() if not lines]
-    if empty:
-        raise ValueError(f"{path}: sonnet {empty[0]} has a number but no lines")
-    if not sonnets:
-        raise ValueError(f"{path} holds no numbered sonnets")
-    return sonnets
 
 
 def sonnet_text(lines: list[str]) -> str:
@@ -191,7 +69,7 @@ class TokenizedDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batches(self, batch_size: int, shuffle: bool, seed: int = 0, pad_id: int = 50256) -> list[dict]:
+    def batches(self, batch_size: int, shuffle: bool, seed: int = 0, pad_id: int = END_OF_TEXT_ID) -> list[dict]:
         """Padded batches; each holds `indices` into the dataset so predictions map back to their rows. With
         a mirror, a batch of B examples has 2B rows: the B pairs, then the same pairs swapped."""
         lengths = [len(tokens) for tokens in self.tokens]
@@ -204,6 +82,21 @@ class TokenizedDataset:
                 batch["labels"] = torch.tensor([self.labels[i] for i in indices])
             batches.append(batch)
         return batches
+
+
+@dataclass
+class EpochBatches:
+    """The training batches of each epoch, and how many there are: a seeded shuffle per epoch (seed + epoch),
+    rows of similar length grouped (`batch_indices`)."""
+    data: TokenizedDataset
+    batch_size: int
+    seed: int
+
+    def __call__(self, epoch: int) -> list[dict]:
+        return self.data.batches(self.batch_size, shuffle=True, seed=self.seed + epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)  # every window but the last holds whole batches
 
 
 def tokenize_sentiment(examples: list[SentimentExample], tokenizer: PreTrainedTokenizerBase, template: str,

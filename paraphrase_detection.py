@@ -3,9 +3,10 @@ language-model head; train, keep the best dev epoch, write the course's predicti
 
     python paraphrase_detection.py --use_gpu
 """
-import argparse
 import json
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,18 +14,85 @@ import torch.nn.functional as F
 from torch import nn
 
 import evaluation
-from datasets import TokenizedDataset, read_paraphrase, seeded_sample, tokenize_paraphrase
+from config import FREE, require, require_range, setting
+from datasets import EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
 from models.gpt2 import GPT2Model
-from modules.lora import merge_lora
 from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
-from training import (Run, add_model_args, add_training_args, build_gpt2, choose_device, count_parameters,
-                      freeze_for_strategy, predict, seed_everything, tokenizer_for, train_and_restore_best,
-                      write_on_main)
+from training.checkpoints import seed_everything
+from training.course_files import PARAPHRASE_HEADER, read_paraphrase, write_predictions
+from training.device import choose_device
+from training.distributed import write_on_main
+from training.inference import predict
+from training.loop import train_and_restore_best
+from training.metrics import classification_metrics
+from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
+from training.run_dir import plan_run
+from training.settings import (FlagParser, ScriptSettings, require_input_file, require_template, require_writable,
+                               settings_from_flags, settings_parser, user_errors_end_in_one_line)
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
 NO_YES = [3919, 8505]  # class 0 is the token "no", class 1 the token "yes"
 FULL_QUORA_PAIRS = 283_003  # the course's training set, for the projected epoch time
+
+
+@dataclass(frozen=True)
+class ParaphraseSettings:
+    """The task: its files, the prompt, the decision head and the losses."""
+    para_train: Path = setting(Path("data/quora-train.csv"), "labelled training pairs", on_resume=FREE)
+    para_dev: Path = setting(Path("data/quora-dev.csv"), "labelled dev pairs: pick the best epoch",
+                             on_resume=FREE)
+    para_test: Path = setting(Path("data/quora-test-student.csv"), "unlabelled test pairs", on_resume=FREE)
+    para_dev_out: Path = setting(Path("predictions/para-dev-output.csv"), "dev predictions file", on_resume=FREE)
+    para_test_out: Path = setting(Path("predictions/para-test-output.csv"), "test predictions file",
+                                  on_resume=FREE)
+    eval_batch_size: int = setting(128, "pairs per batch when scoring dev and test", on_resume=FREE)
+    head: str = setting("cloze", "cloze: yes/no logits of the language-model head; else a linear head on this "
+                                 "pooling of the hidden states", choices=("cloze", *POOLING))
+    prompt: str = setting(PROMPT, "template with fields {s1} and {s2}")
+    head_dropout: float = setting(0.0, "dropout before the decision")
+    dropout_samples: int = setting(1, "multi-sample dropout: masks per step")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    rdrop: float = setting(0.0, "R-Drop: weight of the symmetric KL between two dropout passes")
+    contrastive: float = setting(0.0, "weight of a SimCSE-style loss: two dropout passes of a pair are "
+                                      "positives, the batch's other pairs negatives")
+    contrastive_temperature: float = setting(0.05, "temperature of the contrastive loss")
+    lm_loss: float = setting(0.0, "GPT-1's auxiliary language-model loss on the prompt, with this weight")
+    symmetric: bool = setting(False, "GPT-1's symmetric input: score both sentence orders and average the logits")
+    k_shot: int = setting(0, "prepend k answered training pairs to every prompt (with --epochs 0: k-shot)")
+
+    def __post_init__(self) -> None:
+        for name in ("para_train", "para_dev", "para_test"):
+            require_input_file(self, name)
+        for name in ("para_dev_out", "para_test_out"):
+            require_writable(self, name)
+        require_range(self, "eval_batch_size", 1)
+        require_template(self, "prompt", {"s1", "s2"})
+        require_range(self, "head_dropout", 0, 1, high_open=True)
+        require_range(self, "dropout_samples", 1)
+        require(self, "dropout_samples", self.dropout_samples == 1 or self.head_dropout > 0,
+                "needs --head_dropout > 0: the samples differ only by dropout")
+        require_range(self, "label_smoothing", 0, 1, high_open=True)
+        for name in ("rdrop", "contrastive", "lm_loss", "k_shot"):
+            require_range(self, name, 0, note="0 turns it off")
+        require_range(self, "contrastive_temperature", 0, low_open=True)
+
+
+@dataclass(frozen=True)
+class Settings(ScriptSettings):
+    task: ParaphraseSettings
+
+
+def build_parser() -> FlagParser:
+    return settings_parser(Settings, "paraphrase_detection.py", __doc__, {
+        "strategy": {"skip": ("prefix_length", "ulmfit")},
+        "run": {"helps": {"run_dir": "the run's directory (default: runs/paraphrase)"}},
+    })
+
+
+def get_settings(argv: list[str]) -> Settings:
+    """The settings the flags ask for, every value checked, before any data or model is loaded."""
+    return settings_from_flags(Settings, build_parser().parse_args(argv))
 
 
 class ParaphraseGPT(nn.Module):
@@ -55,44 +123,6 @@ class ParaphraseGPT(nn.Module):
         return self.gpt.token_logits(pooled, self.no_yes) if self.cloze else self.classifier(pooled)
 
 
-def get_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--para_train", type=Path, default=Path("data/quora-train.csv"))
-    parser.add_argument("--para_dev", type=Path, default=Path("data/quora-dev.csv"))
-    parser.add_argument("--para_test", type=Path, default=Path("data/quora-test-student.csv"))
-    parser.add_argument("--para_dev_out", type=Path, default=Path("predictions/para-dev-output.csv"))
-    parser.add_argument("--para_test_out", type=Path, default=Path("predictions/para-test-output.csv"))
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--eval_batch_size", type=int, default=128)
-    parser.add_argument("--head", choices=["cloze", *POOLING],
-                        default="cloze", help="cloze: yes/no logits of the language-model head; else a linear "
-                                              "head on this pooling of the hidden states")
-    parser.add_argument("--prompt", default=PROMPT, help="template with fields {s1} and {s2}")
-    parser.add_argument("--head_dropout", type=float, default=0.0)
-    parser.add_argument("--dropout_samples", type=int, default=1, help="multi-sample dropout: masks per step")
-    parser.add_argument("--label_smoothing", type=float, default=0.0)
-    parser.add_argument("--rdrop", type=float, default=0.0,
-                        help="R-Drop: weight of the symmetric KL between two dropout passes")
-    parser.add_argument("--contrastive", type=float, default=0.0,
-                        help="weight of a SimCSE-style loss: two dropout passes of a pair are positives, "
-                             "the batch's other pairs negatives")
-    parser.add_argument("--contrastive_temperature", type=float, default=0.05)
-    parser.add_argument("--lm_loss", type=float, default=0.0,
-                        help="GPT-1's auxiliary language-model loss on the prompt, with this weight")
-    parser.add_argument("--symmetric", action="store_true",
-                        help="GPT-1's symmetric input: score both sentence orders and average the logits")
-    parser.add_argument("--k_shot", type=int, default=0,
-                        help="prepend k answered training pairs to every prompt (with --epochs 0: k-shot)")
-    parser.add_argument("--train_limit", type=int, default=0, help="train on a seeded sample of N pairs (0: all)")
-    add_model_args(parser)
-    add_training_args(parser)
-    args = parser.parse_args()
-    if args.dropout_samples > 1 and not args.head_dropout:
-        raise SystemExit("--dropout_samples needs --head_dropout > 0: the samples differ only by dropout")
-    return args
-
-
 def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
     """k answered training pairs, as template text: braces doubled so format fields stay literal."""
     answered = [prompt.format(s1=e.sentence1, s2=e.sentence2) + ("yes" if e.label else "no") + "\n"
@@ -100,22 +130,22 @@ def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
     return "".join(answered).replace("{", "{{").replace("}", "}}")
 
 
-def paraphrase_loss(model: ParaphraseGPT, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> torch.Tensor:
-    """Cross-entropy on the decision, plus whichever auxiliary losses the flags turn on."""
+def paraphrase_loss(model: ParaphraseGPT, batch: dict[str, torch.Tensor], task: ParaphraseSettings) -> torch.Tensor:
+    """Cross-entropy on the decision, plus whichever auxiliary losses the settings turn on."""
     first = model(batch["input_ids"], batch["attention_mask"])
-    logits = combine_orders(first["logits"], args.symmetric)
-    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=args.label_smoothing)
-    if args.rdrop or args.contrastive:
+    logits = combine_orders(first["logits"], task.symmetric)
+    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=task.label_smoothing)
+    if task.rdrop or task.contrastive:
         second = model(batch["input_ids"], batch["attention_mask"])
-        if args.rdrop:
-            other = combine_orders(second["logits"], args.symmetric)
-            loss = (loss + F.cross_entropy(other, batch["labels"], label_smoothing=args.label_smoothing)) / 2
-            loss = loss + args.rdrop * symmetric_kl(logits, other)
-        if args.contrastive:
-            loss = loss + args.contrastive * info_nce(first["pooled"], second["pooled"], args.contrastive_temperature)
-    if args.lm_loss:
+        if task.rdrop:
+            other = combine_orders(second["logits"], task.symmetric)
+            loss = (loss + F.cross_entropy(other, batch["labels"], label_smoothing=task.label_smoothing)) / 2
+            loss = loss + task.rdrop * symmetric_kl(logits, other)
+        if task.contrastive:
+            loss = loss + task.contrastive * info_nce(first["pooled"], second["pooled"], task.contrastive_temperature)
+    if task.lm_loss:
         logits_all = model.gpt.hidden_state_to_token(first["hidden"])
-        loss = loss + args.lm_loss * language_model_loss(logits_all, batch["input_ids"], batch["attention_mask"])
+        loss = loss + task.lm_loss * language_model_loss(logits_all, batch["input_ids"], batch["attention_mask"])
     return loss
 
 
@@ -140,58 +170,60 @@ def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
     return 1 - real / sum(b["attention_mask"].numel() for b in batches)
 
 
-def main() -> None:
-    args = get_args()
-    device = choose_device(args.use_gpu, args.precision)
-    seed_everything(args.seed)
-    tokenizer = tokenizer_for(args)
-    gpt = build_gpt2(args)
-    max_len = gpt.config.max_position_embeddings
+def main(argv: list[str]) -> None:
+    with user_errors_end_in_one_line("paraphrase_detection.py"):
+        settings = get_settings(argv)
+        task, train = settings.task, settings.train
+        device = choose_device(settings.model.use_gpu, settings.model.precision)
+        run = None
+        if train.epochs > 0:
+            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", "paraphrase",
+                           {"--para_train": task.para_train, "--para_dev": task.para_dev},
+                           ["paraphrase_detection.py", *argv], device)
+        seed_everything(train.seed)
+        tokenizer = tokenizer_for(settings.model)
+        gpt = build_gpt2(settings.model)
+        max_len = gpt.config.max_position_embeddings
 
-    train_examples = read_paraphrase(args.para_train)
-    template = (demonstrations(train_examples, args.k_shot, args.seed, args.prompt) if args.k_shot else "") + args.prompt
-    train_examples = seeded_sample(train_examples, args.train_limit, args.seed)
-    train, dev, test = (tokenize_paraphrase(examples, tokenizer, template, max_len, str(path), args.symmetric)
-                        for examples, path in ((train_examples, args.para_train),
-                                               (read_paraphrase(args.para_dev), args.para_dev),
-                                               (read_paraphrase(args.para_test, labelled=False), args.para_test)))
-    freeze_for_strategy(gpt, args, train_gpt=True)
-    model = ParaphraseGPT(gpt, args.head, args.head_dropout, args.dropout_samples).to(device)
-    print(f"{len(train)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")
+        train_examples = read_paraphrase(task.para_train)
+        require(task, "k_shot", task.k_shot <= len(train_examples),
+                f"more than the {len(train_examples)} pairs of --para_train")
+        shots = demonstrations(train_examples, task.k_shot, train.seed, task.prompt) if task.k_shot else ""
+        template = shots + task.prompt
+        train_examples = seeded_sample(train_examples, train.train_limit, train.seed)
+        train_data, dev, test = (
+            tokenize_paraphrase(examples, tokenizer, template, max_len, str(path), task.symmetric)
+            for examples, path in ((train_examples, task.para_train), (read_paraphrase(task.para_dev), task.para_dev),
+                                   (read_paraphrase(task.para_test, labelled=False), task.para_test)))
+        apply_strategy(gpt, settings.strategy)
+        model = ParaphraseGPT(gpt, task.head, task.head_dropout, task.dropout_samples).to(device)
+        print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")
+        precision = settings.model.precision
 
-    identity = {"task": "paraphrase", "model": gpt.config.to_dict(), "head": args.head,
-                "lora": [args.lora_rank, args.lora_targets, args.dora] if args.lora else None}
-    run = Run(args.run_dir or Path("runs") / "paraphrase", identity, device, args.resume)
+        def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return combine_orders(model(batch["input_ids"], batch["attention_mask"])["logits"], task.symmetric)
 
-    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return combine_orders(model(batch["input_ids"], batch["attention_mask"])["logits"], args.symmetric)
+        def evaluate() -> dict[str, float]:
+            scores = predict(model, dev.batches(task.eval_batch_size, shuffle=False), device, precision, logits,
+                             len(dev), "dev")
+            metrics = classification_metrics(dev.labels, scores.argmax(-1).tolist(), [0, 1])
+            return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
 
-    def evaluate() -> dict[str, float]:
-        scores = predict(model, dev.batches(args.eval_batch_size, shuffle=False), device, args.precision, logits,
-                         len(dev), "dev")
-        metrics = evaluation.classification_metrics(dev.labels, scores.argmax(-1).tolist(), [0, 1])
-        return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
-
-    def epoch_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
-        return train.batches(args.batch_size, shuffle=True, seed=args.seed + epoch)
-
-    if args.epochs > 0:
-        padding = padding_fraction(epoch_batches(0))
-        _, log = train_and_restore_best(model, args, args.lr, gpt.config.num_hidden_layers, run,
-                                        epoch_batches, -(-len(train) // args.batch_size),
-                                        lambda batch: paraphrase_loss(model, batch, args), evaluate)
-        report_speed(log.records, train, padding)
-    if args.lora:
-        merge_lora(model.gpt)
-    for data, path in ((dev, args.para_dev_out), (test, args.para_test_out)):
-        scores = predict(model, data.batches(args.eval_batch_size, shuffle=False), device, args.precision, logits,
-                         len(data), path.name)
-        write_on_main(evaluation.write_predictions, path, data.ids, scores.argmax(-1).tolist(),
-                      evaluation.PARAPHRASE_HEADER)
-    results = evaluation.grade(args.para_dev_out, args.para_dev)
-    majority = sum(label == 0 for label in dev.labels) / len(dev)
-    print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, precision {results['precision']:.4f}, "
-          f"recall {results['recall']:.4f} (majority class 'not duplicate': accuracy {majority:.4f})")
+        if run is not None:
+            batches = EpochBatches(train_data, train.batch_size, train.seed)
+            padding = padding_fraction(batches(0))
+            log = train_and_restore_best(model, run, train, precision, gpt.config.num_hidden_layers, batches,
+                                         lambda batch: paraphrase_loss(model, batch, task), evaluate)
+            report_speed(log.records, train_data, padding)
+        for data, path in ((dev, task.para_dev_out), (test, task.para_test_out)):
+            scores = predict(model, data.batches(task.eval_batch_size, shuffle=False), device, precision, logits,
+                             len(data), path.name)
+            write_on_main(write_predictions, path, data.ids, scores.argmax(-1).tolist(), PARAPHRASE_HEADER)
+        results = evaluation.grade(task.para_dev_out, task.para_dev)
+        majority = sum(label == 0 for label in dev.labels) / len(dev)
+        print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, "
+              f"precision {results['precision']:.4f}, recall {results['recall']:.4f} "
+              f"(majority class 'not duplicate': accuracy {majority:.4f})")
 
 
 def report_speed(records: list[dict], train: TokenizedDataset, padding: float) -> None:
@@ -206,4 +238,4 @@ def report_speed(records: list[dict], train: TokenizedDataset, padding: float) -
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

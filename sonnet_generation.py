@@ -3,79 +3,99 @@ each held-out sonnet from its first 3 lines, keep the best epochs by dev chrF, w
 
     python sonnet_generation.py --use_gpu
 """
-import argparse
 import math
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from datasets import TokenizedDataset, read_sonnets, seeded_sample, sonnet_text
-from models.decoding import DecodingConfig, generate, mbr_select
+from config import END_OF_TEXT_ID, FREE, UserError, require_range, setting
+from datasets import EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
+from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
-from modules.lora import merge_lora
 from modules.losses import language_model_loss, unlikelihood_loss
-from modules.prefix import add_prefix
-from training import (Run, add_model_args, add_training_args, all_reduce_sum, autocast, build_gpt2, choose_device,
-                      count_parameters, freeze_for_strategy, gather_objects, seed_everything, share, to_device,
-                      tokenizer_for, train_and_restore_best, write_on_main)
+from training.checkpoints import seed_everything
+from training.course_files import read_sonnets, write_sonnets
+from training.device import autocast, choose_device, to_device
+from training.distributed import all_reduce_sum, gather_objects, items_for_this_process, write_on_main
+from training.loop import train_and_restore_best
+from training.metrics import mbr_select, sonnet_metrics
+from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
+from training.run_dir import plan_run
+from training.settings import (FlagParser, ScriptSettings, require_input_file, require_writable, settings_from_flags,
+                               settings_parser, user_errors_end_in_one_line)
 
 SONNET_LINES = 14
 DECODINGS = ("greedy", "sample", "beam", "contrastive", "mbr", "pool")
 LINE_END_TEXTS = (",", ".", ";", ":", "!", "?", "\n")
+# The course's decoding: top-p sampling at temperature 1.2; room for a whole sonnet.
+COURSE_DECODING = {"temperature": 1.2, "top_p": 0.9, "max_new_tokens": 256}
 
 
-def get_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sonnet_path", type=Path, default=Path("data/sonnets.txt"))
-    parser.add_argument("--held_out_dev_path", type=Path, default=Path("data/sonnets_held_out_dev.txt"))
-    parser.add_argument("--gold_dev_path", type=Path, default=Path("data/TRUE_sonnets_held_out_dev.txt"))
-    parser.add_argument("--held_out_path", type=Path, default=Path("data/sonnets_held_out.txt"))
-    parser.add_argument("--sonnet_dev_out", type=Path, default=Path("predictions/generated_sonnets_dev.txt"))
-    parser.add_argument("--sonnet_out", type=Path, default=Path("predictions/generated_sonnets.txt"))
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--train_limit", type=int, default=0, help="train on a seeded sample of N sonnets (0: all)")
-    parser.add_argument("--prefix_length", type=int, default=0,
-                        help="prefix-tuning: train this many key/value positions per layer, GPT-2 frozen")
-    parser.add_argument("--unlikelihood", type=float, default=0.0,
-                        help="weight of the token-level unlikelihood loss against repeating earlier tokens")
-    decoding = parser.add_argument_group("decoding")
-    decoding.add_argument("--decoding", choices=DECODINGS, default="sample",
-                          help="mbr: pick among --mbr_samples samples by chrF; pool: greedy, beam, contrastive "
-                               "and the samples together, picked the same way")
-    decoding.add_argument("--temperature", type=float, default=1.2)
-    decoding.add_argument("--top_k", type=int, default=0)
-    decoding.add_argument("--top_p", type=float, default=0.9)
-    decoding.add_argument("--repetition_penalty", type=float, default=1.0)
-    decoding.add_argument("--no_repeat_ngram", type=int, default=0)
-    decoding.add_argument("--num_beams", type=int, default=4)
-    decoding.add_argument("--length_penalty", type=float, default=1.0)
-    decoding.add_argument("--contrastive_alpha", type=float, default=0.6)
-    decoding.add_argument("--contrastive_k", type=int, default=4)
-    decoding.add_argument("--mbr_samples", type=int, default=8)
-    decoding.add_argument("--line_end_nudge", type=float, default=0.0,
-                          help="logit bonus for punctuation and line breaks once a line has --line_length tokens")
-    decoding.add_argument("--line_length", type=int, default=12)
-    decoding.add_argument("--max_new_tokens", type=int, default=256)
-    add_model_args(parser)
-    add_training_args(parser)
-    parser.set_defaults(keep_best=3)
-    args = parser.parse_args()
-    if args.prefix_length and (args.compile or args.activation_checkpointing):
-        parser.error("--compile and --activation_checkpointing cover passes without the key/value cache; "
-                     "prefix-tuning trains through it")
-    return args
+@dataclass(frozen=True)
+class SonnetSettings:
+    """The task: its files, the training loss, and which decoding writes the sonnets."""
+    sonnet_path: Path = setting(Path("data/sonnets.txt"), "training sonnets", on_resume=FREE)
+    held_out_dev_path: Path = setting(Path("data/sonnets_held_out_dev.txt"), "first lines of the dev sonnets",
+                                      on_resume=FREE)
+    gold_dev_path: Path = setting(Path("data/TRUE_sonnets_held_out_dev.txt"), "the whole dev sonnets",
+                                  on_resume=FREE)
+    held_out_path: Path = setting(Path("data/sonnets_held_out.txt"), "first lines of the test sonnets",
+                                  on_resume=FREE)
+    sonnet_dev_out: Path = setting(Path("predictions/generated_sonnets_dev.txt"), "generated dev sonnets",
+                                   on_resume=FREE)
+    sonnet_out: Path = setting(Path("predictions/generated_sonnets.txt"), "generated test sonnets", on_resume=FREE)
+    unlikelihood: float = setting(0.0, "weight of the token-level unlikelihood loss against repeating earlier "
+                                       "tokens")
+    decoding: str = setting("sample", "mbr: pick among --mbr_samples samples by chrF; pool: greedy, beam, "
+                                      "contrastive and the samples together, picked the same way",
+                            choices=DECODINGS, on_resume=FREE)
+    mbr_samples: int = setting(8, "samples for --decoding mbr and pool", on_resume=FREE)
+
+    def __post_init__(self) -> None:
+        for name in ("sonnet_path", "held_out_dev_path", "gold_dev_path", "held_out_path"):
+            require_input_file(self, name)
+        for name in ("sonnet_dev_out", "sonnet_out"):
+            require_writable(self, name)
+        require_range(self, "unlikelihood", 0, note="0 turns it off")
+        require_range(self, "mbr_samples", 1)
+
+    def candidate_strategies(self) -> list[str]:
+        """The decodings whose outputs compete for each sonnet (one, unless MBR picks among several)."""
+        return {"mbr": ["sample"] * self.mbr_samples,
+                "pool": ["greedy", "beam", "contrastive"] + ["sample"] * self.mbr_samples}.get(self.decoding,
+                                                                                             [self.decoding])
 
 
-def decoding_config(args: argparse.Namespace, strategy: str, max_lines: int, max_new_tokens: int) -> DecodingConfig:
-    return DecodingConfig(strategy=strategy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          repetition_penalty=args.repetition_penalty, no_repeat_ngram=args.no_repeat_ngram,
-                          num_beams=args.num_beams, length_penalty=args.length_penalty,
-                          contrastive_alpha=args.contrastive_alpha, contrastive_k=args.contrastive_k,
-                          max_new_tokens=max_new_tokens, max_lines=max_lines,
-                          line_end_nudge=args.line_end_nudge, line_length=args.line_length)
+@dataclass(frozen=True)
+class Settings(ScriptSettings):
+    task: SonnetSettings
+    decoding: DecodingConfig  # its strategy and max_lines are set for each batch of prompts
+
+
+def build_parser() -> FlagParser:
+    return settings_parser(Settings, "sonnet_generation.py", __doc__, {
+        "decoding": {"skip": ("strategy", "max_lines"), "defaults": COURSE_DECODING},
+        "train": {"defaults": {"keep_best": 3}},
+        "strategy": {"skip": ("ulmfit",)},
+        "run": {"helps": {"run_dir": "the run's directory (default: runs/sonnets)"}},
+    })
+
+
+def get_settings(argv: list[str]) -> Settings:
+    """The settings the flags ask for, every value checked, before any data or model is loaded."""
+    return settings_from_flags(Settings, build_parser().parse_args(argv))
+
+
+def check_sonnet_files(task: SonnetSettings) -> None:
+    """Every dev prompt has its gold sonnet: dev chrF is scored against it after each epoch."""
+    missing = sorted(read_sonnets(task.held_out_dev_path).keys() - read_sonnets(task.gold_dev_path).keys())
+    if missing:
+        raise UserError(f"--held_out_dev_path {task.held_out_dev_path}: sonnet(s) {', '.join(map(str, missing))} "
+                        f"are not in --gold_dev_path {task.gold_dev_path}, so they cannot be scored")
 
 
 def token_ids_containing(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...]) -> list[int]:
@@ -85,20 +105,22 @@ def token_ids_containing(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, .
 
 
 class SonnetWriter:
-    """Completes sonnets from their first lines with the decoding the flags ask for."""
+    """Completes sonnets from their first lines with the decoding the settings ask for."""
 
-    def __init__(self, model: GPT2Model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace,
+    def __init__(self, model: GPT2Model, tokenizer: PreTrainedTokenizerBase, settings: Settings,
                  device: torch.device):
-        self.model, self.tokenizer, self.args, self.device = model, tokenizer, args, device
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.strategies, self.decoding = settings.task.candidate_strategies(), settings.decoding
+        self.seed, self.precision = settings.train.seed, settings.model.precision
         self.line_break_ids = token_ids_containing(tokenizer, ("\n",))
         self.line_end_ids = token_ids_containing(tokenizer, LINE_END_TEXTS)
 
     def complete(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
         """Each prompt's lines, unaltered, followed by the generated lines up to 14 in all. Under torchrun
         each process completes its share of the prompts and every process gets all the sonnets."""
-        mine = dict(share(list(prompts.items())))
-        completed = {number: sonnet for shard in gather_objects(self.complete_here(mine) if mine else {})
-                     for number, sonnet in shard.items()}
+        mine = dict(items_for_this_process(list(prompts.items())))
+        completed = {number: sonnet for process_sonnets in gather_objects(self.complete_here(mine) if mine else {})
+                     for number, sonnet in process_sonnets.items()}
         return {number: completed[number] for number in prompts}
 
     def complete_here(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
@@ -108,10 +130,11 @@ class SonnetWriter:
             raise ValueError(f"a prompt of {max(map(len, encoded))} tokens leaves no room in the model's "
                              f"context of {self.model.config.max_position_embeddings}")
         longest = max(map(len, encoded))  # left padding: generation continues every row at its last token
-        input_ids = torch.tensor([[50256] * (longest - len(ids)) + ids for ids in encoded], device=self.device)
+        input_ids = torch.tensor([[END_OF_TEXT_ID] * (longest - len(ids)) + ids for ids in encoded],
+                                 device=self.device)
         mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         max_lines = SONNET_LINES - min(len(lines) for lines in prompts.values())
-        candidates = self.candidates(input_ids, mask, max_lines, min(room, self.args.max_new_tokens))
+        candidates = self.candidates(input_ids, mask, max_lines, min(room, self.decoding.max_new_tokens))
         sonnets = {}
         for row, (number, lines) in enumerate(prompts.items()):
             texts = [self.tokenizer.decode(self.until_end_of_text(tokens[row])) for tokens in candidates]
@@ -128,14 +151,11 @@ class SonnetWriter:
     def candidates(self, input_ids: torch.Tensor, mask: torch.Tensor, max_lines: int,
                    max_new_tokens: int) -> list[list[list[int]]]:
         """One list of new tokens per prompt for each candidate decoding."""
-        args = self.args
-        generator = torch.Generator(self.device).manual_seed(args.seed)
-        strategies = {"mbr": ["sample"] * args.mbr_samples,
-                      "pool": ["greedy", "beam", "contrastive"] + ["sample"] * args.mbr_samples}
+        generator = torch.Generator(self.device).manual_seed(self.seed)
         outputs = []
-        for strategy in strategies.get(args.decoding, [args.decoding]):
-            config = decoding_config(args, strategy, max_lines, max_new_tokens)
-            with autocast(self.device, args.precision):
+        for strategy in self.strategies:
+            config = replace(self.decoding, strategy=strategy, max_lines=max_lines, max_new_tokens=max_new_tokens)
+            with autocast(self.device, self.precision):
                 outputs.append(generate(self.model, input_ids, mask, config, generator, self.line_break_ids,
                                         self.line_end_ids))
         return outputs
@@ -147,19 +167,21 @@ def sonnet_dataset(sonnets: dict[int, list[str]], tokenizer: PreTrainedTokenizer
     for number, lines in sonnets.items():
         ids = tokenizer.encode(sonnet_text(lines)) + [tokenizer.eos_token_id]
         if len(ids) > max_len:
-            raise ValueError(f"{source}: sonnet {number} is {len(ids)} tokens, longer than the context of {max_len}")
+            raise UserError(f"{source}: sonnet {number} is {len(ids)} tokens, longer than the model's context of "
+                            f"{max_len}")
         tokens.append(ids)
     return TokenizedDataset([str(number) for number in sonnets], tokens, None)
 
 
 @torch.no_grad()
-def perplexity(model: GPT2Model, data: TokenizedDataset, args: argparse.Namespace, device: torch.device) -> float:
+def perplexity(model: GPT2Model, data: TokenizedDataset, batch_size: int, precision: str,
+               device: torch.device) -> float:
     """exp of the mean next-token loss per real token over `data`."""
     model.eval()
     total, count = 0.0, 0
-    for batch in share(data.batches(args.batch_size, shuffle=False)):
+    for batch in items_for_this_process(data.batches(batch_size, shuffle=False)):
         batch = to_device(batch, device)
-        with autocast(device, args.precision):
+        with autocast(device, precision):
             hidden = model(batch["input_ids"], batch["attention_mask"])["last_hidden_state"]
             loss = language_model_loss(model.hidden_state_to_token(hidden), batch["input_ids"],
                                        batch["attention_mask"])
@@ -177,50 +199,52 @@ def sonnet_loss(model: GPT2Model, batch: dict[str, torch.Tensor], unlikelihood: 
     return loss
 
 
-def main() -> None:
-    args = get_args()
-    device = choose_device(args.use_gpu, args.precision)
-    seed_everything(args.seed)
-    tokenizer = tokenizer_for(args)
-    model = build_gpt2(args)
-    max_len = model.config.max_position_embeddings
-    sonnets = dict(seeded_sample(list(read_sonnets(args.sonnet_path).items()), args.train_limit, args.seed))
-    train = sonnet_dataset(sonnets, tokenizer, max_len, str(args.sonnet_path))
-    dev_prompts, gold = read_sonnets(args.held_out_dev_path), read_sonnets(args.gold_dev_path)
-    gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(args.gold_dev_path))
-    test_prompts = read_sonnets(args.held_out_path)
+def main(argv: list[str]) -> None:
+    with user_errors_end_in_one_line("sonnet_generation.py"):
+        settings = get_settings(argv)
+        task, train = settings.task, settings.train
+        check_sonnet_files(task)
+        device = choose_device(settings.model.use_gpu, settings.model.precision)
+        run = None
+        if train.epochs > 0:
+            data = {"--sonnet_path": task.sonnet_path, "--held_out_dev_path": task.held_out_dev_path,
+                    "--gold_dev_path": task.gold_dev_path}
+            run = plan_run(settings, settings.run.run_dir or Path("runs") / "sonnets", "sonnets", data,
+                           ["sonnet_generation.py", *argv], device)
+        seed_everything(train.seed)
+        tokenizer = tokenizer_for(settings.model)
+        model = build_gpt2(settings.model)
+        max_len = model.config.max_position_embeddings
+        sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
+        train_data = sonnet_dataset(sonnets, tokenizer, max_len, str(task.sonnet_path))
+        dev_prompts, gold = read_sonnets(task.held_out_dev_path), read_sonnets(task.gold_dev_path)
+        gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(task.gold_dev_path))
+        test_prompts = read_sonnets(task.held_out_path)
 
-    freeze_for_strategy(model, args, train_gpt=True)
-    if args.prefix_length:
-        add_prefix(model, args.prefix_length)
-    model.to(device)
-    print(f"{len(train)} training sonnets; {count_parameters(model)}")
-    writer = SonnetWriter(model, tokenizer, args, device)
+        apply_strategy(model, settings.strategy)
+        model.to(device)
+        print(f"{len(train_data)} training sonnets; {count_parameters(model)}")
+        writer = SonnetWriter(model, tokenizer, settings, device)
+        precision = settings.model.precision
 
-    def evaluate() -> dict[str, float]:
+        def evaluate() -> dict[str, float]:
+            model.eval()
+            metrics = sonnet_metrics(writer.complete(dev_prompts), gold)
+            return {"chrf": metrics["chrf"],
+                    "perplexity": perplexity(model, gold_dev, train.batch_size, precision, device),
+                    "rhyme_accuracy": metrics["rhyme_accuracy"], "distinct_2": metrics["distinct_2"]}
+
+        if run is not None:
+            train_and_restore_best(model, run, train, precision, model.config.num_hidden_layers,
+                                   EpochBatches(train_data, train.batch_size, train.seed),
+                                   lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate, metric="chrf")
         model.eval()
-        completed = writer.complete(dev_prompts)
-        metrics = evaluation.sonnet_metrics(completed, gold)
-        return {"chrf": metrics["chrf"], "perplexity": perplexity(model, gold_dev, args, device),
-                "rhyme_accuracy": metrics["rhyme_accuracy"], "distinct_2": metrics["distinct_2"]}
-
-    identity = {"task": "sonnets", "model": model.config.to_dict(), "prefix_length": args.prefix_length,
-                "lora": [args.lora_rank, args.lora_targets, args.dora] if args.lora else None}
-    run = Run(args.run_dir or Path("runs") / "sonnets", identity, device, args.resume)
-    if args.epochs > 0:
-        train_and_restore_best(model, args, args.lr, model.config.num_hidden_layers, run,
-                               lambda epoch: train.batches(args.batch_size, shuffle=True, seed=args.seed + epoch),
-                               -(-len(train) // args.batch_size),
-                               lambda batch: sonnet_loss(model, batch, args.unlikelihood), evaluate, metric="chrf")
-    if args.lora:
-        merge_lora(model)
-    model.eval()
-    for prompts, path in ((dev_prompts, args.sonnet_dev_out), (test_prompts, args.sonnet_out)):
-        write_on_main(evaluation.write_sonnets, path, writer.complete(prompts))
-    metrics = evaluation.grade_sonnets(args.sonnet_dev_out, args.gold_dev_path)
-    metrics["perplexity"] = perplexity(model, gold_dev, args, device)
-    print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+        for prompts, path in ((dev_prompts, task.sonnet_dev_out), (test_prompts, task.sonnet_out)):
+            write_on_main(write_sonnets, path, writer.complete(prompts))
+        metrics = evaluation.grade_sonnets(task.sonnet_dev_out, task.gold_dev_path)
+        metrics["perplexity"] = perplexity(model, gold_dev, train.batch_size, precision, device)
+        print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,49 +1,52 @@
 """Batched decoding over left-padded prompts with the key/value cache: greedy, sampling, beam and
-contrastive search, with repetition and line-length controls, and minimum-Bayes-risk selection."""
+contrastive search, with repetition and line-length controls."""
 from dataclasses import dataclass
 
 import torch
-from sacrebleu.metrics import CHRF
 
-from config import END_OF_TEXT_ID
+from config import END_OF_TEXT_ID, FREE, require, require_range, setting
 from models.gpt2 import GPT2Model
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 PAD_ID = END_OF_TEXT_ID  # fills the rows that have stopped
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodingConfig:
-    strategy: str = "greedy"
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0  # CTRL-style, over the prompt and the generated tokens
-    no_repeat_ngram: int = 0  # 0: off
-    num_beams: int = 4
-    length_penalty: float = 1.0  # beam score = sum of log-probabilities / length ** length_penalty
-    contrastive_alpha: float = 0.6
-    contrastive_k: int = 4
-    max_new_tokens: int = 128
-    max_lines: int = 0  # 0: off; otherwise stop a row right after its max_lines-th line break
-    line_end_nudge: float = 0.0  # added to line-end logits once the current line is line_length long
-    line_length: int = 12
+    """How each new token is chosen, and when generation stops. The fields are also the decoding flags of
+    sonnet_generation.py; changing them never changes training, so `--resume` accepts new values."""
+    strategy: str = setting("greedy", "decoding strategy", choices=STRATEGIES, on_resume=FREE)
+    temperature: float = setting(1.0, "divides the logits before sampling", on_resume=FREE)
+    top_k: int = setting(0, "sample from the k likeliest tokens; 0: no top-k filter", on_resume=FREE)
+    top_p: float = setting(1.0, "sample from the smallest set of tokens whose probability reaches p",
+                           on_resume=FREE)
+    repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already in the prompt or output; "
+                                             "1: off", on_resume=FREE)
+    no_repeat_ngram: int = setting(0, "forbid repeating any n-gram of this size; 0: off", on_resume=FREE)
+    num_beams: int = setting(4, "beams of beam search", on_resume=FREE)
+    length_penalty: float = setting(1.0, "beam score = sum of log-probabilities / length ** this",
+                                    on_resume=FREE)
+    contrastive_alpha: float = setting(0.6, "contrastive search: weight of the degeneration penalty",
+                                       on_resume=FREE)
+    contrastive_k: int = setting(4, "contrastive search: candidates per step", on_resume=FREE)
+    max_new_tokens: int = setting(128, "most tokens generated per prompt", on_resume=FREE)
+    max_lines: int = setting(0, "stop a row right after its max_lines-th line break; 0: off", on_resume=FREE)
+    line_end_nudge: float = setting(0.0, "logit bonus for punctuation and line breaks once a line has "
+                                         "--line_length tokens", on_resume=FREE)
+    line_length: int = setting(12, "tokens in a line before --line_end_nudge applies", on_resume=FREE)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.temperature <= 0 or self.repetition_penalty <= 0:
-            raise ValueError("temperature and repetition_penalty must be positive")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.contrastive_alpha <= 1:
-            raise ValueError(f"contrastive_alpha must be in [0, 1], got {self.contrastive_alpha}")
+        require(self, "strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}")
+        require_range(self, "temperature", 0, low_open=True)
+        require_range(self, "top_p", 0, 1, low_open=True)
+        require_range(self, "repetition_penalty", 0, low_open=True)
+        require_range(self, "length_penalty")
+        require_range(self, "contrastive_alpha", 0, 1)
+        require_range(self, "line_end_nudge", 0)
         for name in ("top_k", "no_repeat_ngram", "max_lines"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+            require_range(self, name, 0)
         for name in ("num_beams", "contrastive_k", "max_new_tokens", "line_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            require_range(self, name, 1)
 
 
 @torch.no_grad()
@@ -80,20 +83,6 @@ def generate(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Te
     else:
         generated = decoder.sample(input_ids, attention_mask, generator)
     return [decoder.cut_at_last_line(row) for row in generated.tolist()]
-
-
-def mbr_select(candidates: list[str]) -> int:
-    """Minimum-Bayes-risk choice: the index of the candidate with the highest mean chrF against all the
-    others, i.e. the one most of the pool agrees with."""
-    if not candidates:
-        raise ValueError("mbr_select needs at least one candidate")
-    chrf = CHRF()
-
-    def mean_agreement(i: int) -> float:
-        others = [ref for j, ref in enumerate(candidates) if j != i]
-        return sum(chrf.sentence_score(candidates[i], [ref]).score for ref in others) / max(len(others), 1)
-
-    return max(range(len(candidates)), key=mean_agreement)
 
 
 class Decoder:

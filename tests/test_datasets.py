@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from datasets import batch_indices, encode_prompt, pad_to_longest, read_sentiment, tokenize_sentiment
+from datasets import batch_indices, encode_prompt, pad_to_longest, tokenize_sentiment
 from models.tokenizer import load_tokenizer
+from training.course_files import read_sentiment
 
 HEADER = "\tid\tsentence\tsentiment\n"
 

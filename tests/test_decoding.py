@@ -1,10 +1,9 @@
 """Batched decoding strategies on a tiny random GPT-2 with left-padded prompts of unequal length."""
 import pytest
 import torch
-from sacrebleu.metrics import CHRF
 
-from config import GPT2Config
-from models.decoding import DecodingConfig, generate, greedy_decode, mbr_select
+from config import GPT2Config, UserError
+from models.decoding import DecodingConfig, generate, greedy_decode
 from models.gpt2 import GPT2Model
 
 PROMPT_LENGTHS = [8, 3, 5]
@@ -175,24 +174,14 @@ def test_kv_cache_reorder_permutes_rows(model, prompts):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
 
 
-def test_mbr_select_prefers_the_consensus():
-    candidates = [
-        "Shall I compare thee to a summer's day?",
-        "Shall I compare thee to a summers day?",
-        "Quantum chromodynamics binds quarks with gluons.",
-        "Shall I compare you to a summer's day?",
-    ]
-    chrf = CHRF()
-    means = [sum(chrf.sentence_score(c, [r]).score for j, r in enumerate(candidates) if j != i) / 3
-             for i, c in enumerate(candidates)]
-    chosen = mbr_select(candidates)
-    assert chosen == max(range(4), key=means.__getitem__)
-    assert chosen != 2
-    assert mbr_select(["only one"]) == 0
-
-
-@pytest.mark.parametrize("settings", [dict(strategy="nucleus"), dict(top_p=0.0), dict(num_beams=0),
-                                      dict(temperature=0.0), dict(max_lines=-1)])
-def test_config_rejects_invalid_settings(settings):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("settings, message", [
+    (dict(strategy="nucleus"), "--strategy 'nucleus': must be one of greedy, sample, beam, contrastive"),
+    (dict(top_p=0.0), r"--top_p 0: must be in \(0, 1\]"), (dict(top_p=1.5), r"--top_p 1.5: must be in \(0, 1\]"),
+    (dict(num_beams=0), "--num_beams 0: must be at least 1"),
+    (dict(temperature=0.0), "--temperature 0: must be greater than 0"),
+    (dict(max_lines=-1), "--max_lines -1: must be at least 0"),
+    (dict(length_penalty=float("nan")), "--length_penalty nan: must be a finite number"),
+])
+def test_config_rejects_invalid_settings_naming_the_flag(settings, message):
+    with pytest.raises(UserError, match=message):
         DecodingConfig(**settings)

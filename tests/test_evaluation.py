@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import (PARAPHRASE_HEADER, SENTIMENT_HEADER, classification_metrics, grade, main,
-                        read_gold_labels, read_predictions, write_predictions)
+from evaluation import grade, main
+from training.course_files import (PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold_labels, read_predictions,
+                                   write_predictions)
+from training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

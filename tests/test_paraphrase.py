@@ -1,6 +1,4 @@
 """paraphrase_detection.py with a tiny random checkpoint, the real tokenizer and the Quora sample."""
-import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -8,14 +6,13 @@ import torch
 
 import evaluation
 import paraphrase_detection as para
-from datasets import ParaphraseExample, read_paraphrase, tokenize_paraphrase
+from datasets import tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
-from training import make_optimizer
+from training.course_files import ParaphraseExample, read_paraphrase, read_predictions
+from training.optimization import make_optimizer
 
 DATA = Path("data")
-LOSS_FLAGS = dict(symmetric=False, label_smoothing=0.0, rdrop=0.0, contrastive=0.0, contrastive_temperature=0.05,
-                  lm_loss=0.0)
 
 
 def quora_batch(count: int, symmetric: bool = False) -> dict[str, torch.Tensor]:
@@ -36,7 +33,7 @@ def test_overfits_64_training_pairs(tiny_checkpoint):
     optimizer = make_optimizer(model, 2e-3, 0.0, model.gpt.config.num_hidden_layers)
     for _ in range(80):
         model.train()
-        loss = para.paraphrase_loss(model, batch, Namespace(**LOSS_FLAGS))
+        loss = para.paraphrase_loss(model, batch, para.ParaphraseSettings())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -76,7 +73,7 @@ def test_each_loss_option_changes_the_loss_and_keeps_it_finite(tiny_checkpoint, 
         model = paraphrase_model(tiny_checkpoint[0], head_dropout=0.2, samples=samples).train()
         batch = quora_batch(8, symmetric=flags.get("symmetric", False))
         torch.manual_seed(1)
-        return para.paraphrase_loss(model, batch, Namespace(**{**LOSS_FLAGS, **flags})).item()
+        return para.paraphrase_loss(model, batch, para.ParaphraseSettings(**flags)).item()
 
     base = loss_with({})
     changed = loss_with({}, samples=4) if option == "multi-sample dropout" else loss_with(option)
@@ -103,15 +100,12 @@ def test_k_shot_prompt_holds_answered_demonstrations():
     assert text.split("\n")[0].endswith(("yes", "no"))
 
 
-def test_run_writes_complete_ordered_gradeable_files(monkeypatch, tmp_path, tiny_checkpoint, capsys):
+def test_run_writes_complete_ordered_gradeable_files(tmp_path, tiny_checkpoint, capsys):
     dev_out, test_out = tmp_path / "para-dev-output.csv", tmp_path / "para-test-output.csv"
-    monkeypatch.setattr(sys, "argv", [
-        "paraphrase_detection.py", "--model_path", str(tiny_checkpoint[0]), "--epochs", "1", "--train_limit", "32",
-        "--lr", "1e-3", "--run_dir", str(tmp_path / "run"), "--para_dev_out", str(dev_out),
-        "--para_test_out", str(test_out)])
-    para.main()
+    para.main(["--model_path", str(tiny_checkpoint[0]), "--epochs", "1", "--train_limit", "32", "--lr", "1e-3",
+               "--run_dir", str(tmp_path / "run"), "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
     test_ids = [e.id for e in read_paraphrase(DATA / "quora-test-student.csv", labelled=False)]
-    predictions = evaluation.read_predictions(test_out)
+    predictions = read_predictions(test_out)
     assert list(predictions) == test_ids and set(predictions.values()) <= {"0", "1"}
     graded = evaluation.grade(dev_out, DATA / "quora-dev.csv")
     assert graded["count"] == 1999 and {"accuracy", "f1", "precision", "recall"} <= set(graded)
@@ -121,11 +115,9 @@ def test_run_writes_complete_ordered_gradeable_files(monkeypatch, tmp_path, tiny
     assert all(key in dev_records[0] for key in ('"accuracy"', '"f1"', '"precision"', '"recall"'))
 
 
-def test_k_shot_without_training_writes_predictions(monkeypatch, tmp_path, tiny_checkpoint):
+def test_k_shot_without_training_writes_predictions(tmp_path, tiny_checkpoint):
     dev_out, test_out = tmp_path / "dev.csv", tmp_path / "test.csv"
-    monkeypatch.setattr(sys, "argv", [
-        "paraphrase_detection.py", "--model_path", str(tiny_checkpoint[0]), "--epochs", "0", "--k_shot", "1",
-        "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
-    para.main()
-    assert len(evaluation.read_predictions(test_out)) == 2000
-    assert len(evaluation.read_predictions(dev_out)) == 1999
+    para.main(["--model_path", str(tiny_checkpoint[0]), "--epochs", "0", "--k_shot", "1",
+               "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
+    assert len(read_predictions(test_out)) == 2000
+    assert len(read_predictions(dev_out)) == 1999

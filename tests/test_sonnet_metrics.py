@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pronouncing
 import pytest
+from sacrebleu.metrics import CHRF
 
-from datasets import read_sonnets
-from evaluation import (chrf, distinct_n, fourteen_line_share, main, rhyme_accuracy, sonnet_metrics,
-                        words_rhyme)
+from evaluation import main
+from training.course_files import read_sonnets
+from training.metrics import (chrf, distinct_n, fourteen_line_share, mbr_select, rhyme_accuracy, sonnet_metrics,
+                              words_rhyme)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLD = ROOT / "data" / "TRUE_sonnets_held_out_dev.txt"
@@ -150,3 +152,19 @@ def test_the_command_reports_bad_input_in_one_line(tmp_path, capsys):
     assert error.startswith("error: ") and error.count("\n") == 1
     assert main(["sonnets", str(tmp_path / "missing.txt"), str(gold)]) == 1
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_mbr_select_prefers_the_consensus():
+    candidates = [
+        "Shall I compare thee to a summer's day?",
+        "Shall I compare thee to a summers day?",
+        "Quantum chromodynamics binds quarks with gluons.",
+        "Shall I compare you to a summer's day?",
+    ]
+    chrf = CHRF()
+    means = [sum(chrf.sentence_score(c, [r]).score for j, r in enumerate(candidates) if j != i) / 3
+             for i, c in enumerate(candidates)]
+    chosen = mbr_select(candidates)
+    assert chosen == max(range(4), key=means.__getitem__)
+    assert chosen != 2
+    assert mbr_select(["only one"]) == 0

@@ -1,32 +1,30 @@
 """sonnet_generation.py end to end with a tiny random checkpoint and the real tokenizer."""
-import sys
 from pathlib import Path
 
 import pytest
 
 import evaluation
 import sonnet_generation
-from datasets import read_sonnets
 from tests.conftest import save_hf_gpt2
+from training.course_files import SONNET_HEADER, read_sonnets
 
 DATA = Path("data")
 
 
-def test_run_writes_sonnets_that_parse_back_with_their_prompts(monkeypatch, tmp_path):
+def test_run_writes_sonnets_that_parse_back_with_their_prompts(tmp_path):
     checkpoint = tmp_path / "checkpoint"  # a context long enough for whole sonnets
     save_hf_gpt2(checkpoint, n_embd=32, n_layer=2, n_head=2, n_positions=256)
     dev_out, test_out = tmp_path / "generated_sonnets_dev.txt", tmp_path / "generated_sonnets.txt"
-    monkeypatch.setattr(sys, "argv", [
-        "sonnet_generation.py", "--model_path", str(checkpoint), "--epochs", "1", "--lr", "1e-3",
+    sonnet_generation.main([
+        "--model_path", str(checkpoint), "--epochs", "1", "--lr", "1e-3",
         "--batch_size", "32", "--decoding", "pool", "--mbr_samples", "2", "--max_new_tokens", "12",
         "--prefix_length", "2", "--unlikelihood", "0.5", "--keep_best", "1", "--run_dir", str(tmp_path / "run"),
         "--sonnet_dev_out", str(dev_out), "--sonnet_out", str(test_out)])
-    sonnet_generation.main()
     for generated, prompts in ((dev_out, DATA / "sonnets_held_out_dev.txt"), (test_out, DATA / "sonnets_held_out.txt")):
         written, given = read_sonnets(generated), read_sonnets(prompts)
         assert list(written) == list(given)
         assert all(written[n][:len(given[n])] == given[n] and len(written[n]) <= 14 for n in given)
-    assert open(dev_out).readline().strip() == evaluation.SONNET_HEADER
+    assert open(dev_out).readline().strip() == SONNET_HEADER
     metrics = evaluation.grade_sonnets(dev_out, DATA / "TRUE_sonnets_held_out_dev.txt")
     assert metrics["count"] == 12 and 0 < metrics["chrf"] < 100
     assert (tmp_path / "run/best.pt").is_file() and (tmp_path / "run/curves.png").is_file()

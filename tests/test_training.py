@@ -1,13 +1,16 @@
 """The shared training toolkit: optimizer groups, schedules, checkpoints, strategies."""
-from argparse import Namespace
-
 import pytest
 import torch
 
-from config import GPT2Config
+from config import GPT2Config, UserError
 from models.gpt2 import GPT2Model
-from training import (choose_device, freeze_for_strategy, gradual_unfreezing, layer_of, load_checkpoint,
-                      lr_multiplier, parameter_groups, save_checkpoint)
+from modules.lora import LoRALinear
+from training.checkpoints import checkpoint_identity, load_checkpoint, save_checkpoint
+from training.device import choose_device
+from training.model_setup import apply_strategy, gradual_unfreezing
+from training.optimization import (layer_of, lr_multiplier, make_optimizer, make_scheduler, parameter_groups,
+                                   set_hyperparameters)
+from training.settings import StrategySettings
 
 
 def tiny_gpt2() -> GPT2Model:
@@ -16,9 +19,8 @@ def tiny_gpt2() -> GPT2Model:
                                 max_position_embeddings=64))
 
 
-def strategy(**flags) -> Namespace:
-    return Namespace(**{"lora": False, "train_top_layers": 0, "lora_rank": 2, "lora_alpha": 4.0,
-                        "lora_dropout": 0.0, "lora_targets": "query,value", "dora": False, **flags})
+def strategy(**flags) -> StrategySettings:
+    return StrategySettings(**{"lora_rank": 2, "lora_alpha": 4.0, "lora_dropout": 0.0, **flags})
 
 
 def test_weight_decay_spares_biases_and_layer_norms_and_lrs_decay_by_layer():
@@ -44,11 +46,21 @@ def test_schedules_warm_up_then_decay():
 
 def test_top_layers_and_last_linear_layer_freeze_the_rest():
     model = tiny_gpt2()
-    freeze_for_strategy(model, strategy(train_top_layers=1), train_gpt=True)
+    apply_strategy(model, strategy(train_top_layers=1))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("layers.2.", "final_layer_norm.")) for n in trainable)
-    freeze_for_strategy(model, strategy(), train_gpt=False)
+    apply_strategy(model, strategy(), train_gpt=False)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_lora_and_prefix_train_only_their_own_parameters():
+    model = tiny_gpt2()
+    apply_strategy(model, strategy(lora=True, lora_targets="query,interm_dense"))
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 6
+    assert {n.rsplit(".", 1)[1] for n, p in model.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+    model = tiny_gpt2()
+    apply_strategy(model, strategy(prefix_length=2))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"prefix.keys", "prefix.values"}
 
 
 def test_gradual_unfreezing_adds_one_layer_per_epoch():
@@ -61,22 +73,48 @@ def test_gradual_unfreezing_adds_one_layer_per_epoch():
     assert trained == [{4}, {3, 4}, {2, 3, 4}, {1, 2, 3, 4}, {0, 1, 2, 3, 4}]
 
 
-def test_checkpoints_are_atomic_and_refuse_another_model_size(tmp_path):
+def test_checkpoints_are_atomic_and_refuse_another_task_size_or_adapter(tmp_path):
     path = tmp_path / "run" / "last.pt"
-    identity = {"task": "sentiment-sst", "model": GPT2Config().to_dict()}
-    save_checkpoint(path, {"identity": identity, "model": tiny_gpt2().state_dict()})
+    model = tiny_gpt2()
+    identity = checkpoint_identity("sentiment-sst", model)
+    save_checkpoint(path, {"identity": identity, "model": model.state_dict()})
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
     assert load_checkpoint(path, identity, torch.device("cpu"))["identity"] == identity
-    medium = {"task": "sentiment-sst", "model": GPT2Config.from_preset("gpt2-medium").to_dict()}
-    with pytest.raises(ValueError, match="belongs to another run setup.*model: checkpoint has"):
-        load_checkpoint(path, medium, torch.device("cpu"))
-    with pytest.raises(ValueError, match="task: checkpoint has 'sentiment-sst', this run 'paraphrase'"):
-        load_checkpoint(path, {**identity, "task": "paraphrase"}, torch.device("cpu"))
+    with pytest.raises(UserError, match="is a checkpoint of task 'sentiment-sst', not 'paraphrase'"):
+        load_checkpoint(path, checkpoint_identity("paraphrase", model), torch.device("cpu"))
+    wider = GPT2Model(GPT2Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                 max_position_embeddings=64))
+    with pytest.raises(UserError, match="holds another model .* tensors differ from this run's at final_layer_norm"):
+        load_checkpoint(path, checkpoint_identity("sentiment-sst", wider), torch.device("cpu"))
+    apply_strategy(model, strategy(lora=True))
+    with pytest.raises(UserError, match="tensors differ from this run's at layers.0.self_attention.query.base"):
+        load_checkpoint(path, checkpoint_identity("sentiment-sst", model), torch.device("cpu"))
+
+
+def test_new_hyperparameters_replace_a_restored_optimizers_and_continue_its_schedule():
+    model = tiny_gpt2()
+    optimizer = make_optimizer(model, lr=1.0, weight_decay=0.1, num_layers=3, layer_lr_decay=0.5)
+    scheduler = make_scheduler(optimizer, "linear", total_steps=10, warmup_steps=0)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    state = optimizer.state_dict(), scheduler.state_dict()
+    fresh = make_optimizer(model, lr=0.1, weight_decay=0.0, num_layers=3, layer_lr_decay=0.5)
+    fresh_schedule = make_scheduler(fresh, "linear", total_steps=20, warmup_steps=0)
+    base_lrs, decays = list(fresh_schedule.base_lrs), [group["weight_decay"] for group in fresh.param_groups]
+    fresh.load_state_dict(state[0])
+    fresh_schedule.load_state_dict(state[1])
+    set_hyperparameters(fresh, fresh_schedule, base_lrs, decays)
+    top = fresh.param_groups[-1]
+    assert (top["lr"], top["weight_decay"]) == (pytest.approx(0.1 * (1 - 4 / 20)), 0.0)
+    fresh_schedule.step()
+    assert fresh_schedule.get_last_lr()[-1] == pytest.approx(0.1 * (1 - 5 / 20))
+    assert all(fresh.state[p]["step"] == 4 for p in model.parameters())  # the moments survive
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_use_gpu_without_cuda_says_so():
-    with pytest.raises(SystemExit, match="sees no CUDA GPU"):
+    with pytest.raises(UserError, match="--use_gpu: PyTorch .* sees no CUDA GPU"):
         choose_device(use_gpu=True)
-    with pytest.raises(SystemExit, match="--precision bf16 is for GPUs"):
-        choose_device(use_gpu=False, precision="bf16")

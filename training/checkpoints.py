@@ -1,0 +1,62 @@
+"""Checkpoints: written atomically, loaded with `weights_only=True`, refused when they belong to another
+task or model; and the random-number state a resumed run must continue from."""
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from config import UserError
+from training.distributed import is_main
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def checkpoint_identity(task: str, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into `model`: the task, and the name and shape of every
+    tensor (so another model size, adapter, prefix or head is refused before its weights are)."""
+    return {"task": task, "tensors": {name: list(t.shape) for name, t in model.state_dict().items()}}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file and rename it, so a crash never leaves a half-written checkpoint.
+    Only the main process writes."""
+    if not is_main():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A checkpoint's state, refusing one saved for another task or model."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    saved = state.get("identity", {})
+    if saved.get("task") != identity["task"]:
+        raise UserError(f"{path} is a checkpoint of task {saved.get('task')!r}, not {identity['task']!r}")
+    if saved.get("tensors") != identity["tensors"]:
+        ours, theirs = identity["tensors"], saved.get("tensors", {})
+        differ = sorted(name for name in ours.keys() | theirs.keys() if ours.get(name) != theirs.get(name))
+        raise UserError(f"{path} holds another model (another size, adapter, prefix or head): its tensors differ "
+                        f"from this run's at {', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # this process's GPU only: touching the others would allocate on them
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())

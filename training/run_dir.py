@@ -1,0 +1,176 @@
+"""A run directory: the files a run keeps, refusing to start over a run by accident, the settings record
+(`settings.json`), and what `--resume` may change.
+
+Starting where a run already is needs `--resume` (continue it) or `--overwrite` (delete its files and start
+again). `--resume` compares the settings with the recorded ones: a setting that decides the training
+trajectory (data, batch size, seed, strategy, ...) must be the same; an adjustable one (learning rate,
+clipping, epochs, ...) applies from the resume point on and is logged; the rest (output paths, decoding,
+speed switches) are free.
+"""
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from config import ADJUSTABLE, FIXED, UserError, flag_of, shown
+from training.distributed import barrier, is_main
+from training.settings import ScriptSettings
+
+SETTINGS_FILE = "settings.json"
+LIBRARIES = ("torch", "transformers", "numpy", "safetensors", "sacrebleu", "scikit-learn")
+
+
+def run_files(directory: Path) -> list[Path]:
+    """The files of a run in `directory`: what `--overwrite` deletes, and nothing else."""
+    names = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", "best.pt")
+    found = [directory / name for name in names if (directory / name).is_file()]
+    return found + sorted(directory.glob("epoch*.pt")) + sorted(directory.glob("*.pt.tmp"))
+
+
+@dataclass
+class Run:
+    """Where a run keeps its files, and how it starts: afresh, or resumed under the recorded settings with
+    the adjustable `changes` (flag: [recorded, now])."""
+    directory: Path
+    task: str
+    device: torch.device
+    record: dict[str, Any]
+    resume: bool = False
+    overwrite: bool = False
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+
+    last_checkpoint: Path = field(init=False)
+    best_checkpoint: Path = field(init=False)
+    log_file: Path = field(init=False)  # metrics.jsonl
+    curves_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_checkpoint, self.best_checkpoint = self.directory / "last.pt", self.directory / "best.pt"
+        self.log_file, self.curves_file = self.directory / "metrics.jsonl", self.directory / "curves.png"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.directory / f"epoch{epoch}.pt"
+
+    def open(self) -> None:
+        """When training starts: delete an overwritten run's files, write settings.json. Only the main
+        process writes; every process returns once it has."""
+        if is_main():
+            if self.overwrite:
+                for path in run_files(self.directory):
+                    path.unlink()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.record["resumed"][-1] if self.resume else self.record)["environment"] = environment(self.device)
+            temporary = self.directory / (SETTINGS_FILE + ".tmp")
+            temporary.write_text(json.dumps(self.record, indent=2) + "\n")
+            os.replace(temporary, self.directory / SETTINGS_FILE)
+        barrier()
+
+
+def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: dict[str, Path], command: list[str],
+             device: torch.device) -> Run:
+    """How a run of `task` in `directory` under `settings`, on `data_files` (paths by the flag that names
+    them), would start; checked before any data or model is loaded. Refused when it would replace a run
+    without --overwrite, or resume one under settings that decide another trajectory."""
+    resume, overwrite = settings.run.resume, settings.run.overwrite
+    held = run_files(directory)
+    if held and not (resume or overwrite):
+        raise UserError(f"{directory} already holds a run ({', '.join(path.name for path in held)}): add --resume "
+                        "to continue it, or --overwrite to delete it and start again, or pick another --run_dir")
+    groups = {group.name: getattr(settings, group.name) for group in fields(settings) if group.name != "run"}
+    record = {"task": task, "command": command,
+              "settings": {name: jsonable(asdict(values)) for name, values in groups.items()},
+              "data": {flag: {"path": str(path), "sha256": sha256(path)} for flag, path in data_files.items()}}
+    if not (resume and held):
+        if resume:
+            print(f"{directory} holds no run yet: starting a new one there")
+        return Run(directory, task, device, record, overwrite=overwrite)
+    recorded = read_record(directory)
+    if recorded["task"] != task:
+        raise UserError(f"{directory} holds a run of {recorded['task']}, not {task}: pick another --run_dir")
+    check_same_data(directory, recorded["data"], record["data"])
+    changes = changed_settings(directory, recorded["settings"], groups)
+    resumed = recorded.setdefault("resumed", [])
+    resumed.append({"command": command, "changed": changes})
+    return Run(directory, task, device, {**recorded, "settings": record["settings"], "resumed": resumed},
+               resume=True, changes=changes)
+
+
+def read_record(directory: Path) -> dict[str, Any]:
+    path = directory / SETTINGS_FILE
+    if not path.is_file():
+        raise UserError(f"{directory} holds a run without {SETTINGS_FILE} (from an earlier version of this code), so "
+                        "its settings cannot be checked: start it again with --overwrite, or pick another --run_dir")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_same_data(directory: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    for flag, now in current.items():
+        before = recorded.get(flag)
+        if before is not None and before["sha256"] != now["sha256"]:
+            raise UserError(f"{flag} {now['path']}: its contents differ from {before['path']}, which {directory} "
+                            "was started with; a resumed run trains on the same data (start a new run with "
+                            "--overwrite or another --run_dir)")
+
+
+def changed_settings(directory: Path, recorded: dict[str, dict[str, Any]],
+                     settings: dict[str, Any]) -> dict[str, list[Any]]:
+    """The adjustable settings that differ from the recorded ones, as {flag: [recorded, now]}; refuses a
+    fixed one that differs."""
+    changes = {}
+    for group, values in settings.items():
+        for spec in fields(values):
+            policy = spec.metadata.get("on_resume", FIXED)
+            now = jsonable(getattr(values, spec.name))
+            before = recorded.get(group, {}).get(spec.name, jsonable(spec.default))
+            if policy not in (FIXED, ADJUSTABLE) or now == before:
+                continue
+            flag = flag_of(values, spec.name)
+            if policy == FIXED:
+                raise UserError(f"{flag} is {shown(now)} but {directory} was started with {shown(before)}, and it "
+                                f"decides the training trajectory: resume with the same {flag}, or start a new run "
+                                "with --overwrite or another --run_dir")
+            changes[flag] = [before, now]
+    return changes
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as JSON holds it: paths as strings, tuples as lists."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What ran the run: library versions, code revision, device and number of processes."""
+    versions = {"python": platform.python_version()}
+    for library in LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            versions[library] = None
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    return {"versions": versions, "revision": code_revision(), "device": name,
+            "processes": int(os.environ.get("WORLD_SIZE", 1))}
+
+
+def code_revision() -> str:
+    """The git commit of this code, noting uncommitted changes to tracked files."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" with uncommitted changes" if status.stdout.strip() else "")
