@@ -208,6 +208,40 @@ def test_rerunning_a_finished_run_is_refused_and_leaves_it_byte_identical_until_
     assert json.loads((run_dir / "settings.json").read_text())["settings"]["train"]["epochs"] == 2
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[:40], r"settings.json, line \d+: not JSON \(.*\); the run cannot be resumed: start it again"),
+    (lambda text: "[]", r"settings.json: not a settings record of this code"),
+    (lambda text: text.replace('"data": {', '"data": {"--x": 3, ', 1), r"settings.json: not a settings record"),
+])
+def test_a_damaged_settings_record_is_refused_naming_it_and_overwrite_starts_again(capsys, tmp_path, checkpoint,
+                                                                                    damage, message):
+    flags = base_flags("classifier", checkpoint, tmp_path)
+    classifier.main(flags)
+    record = tmp_path / "run/sst/settings.json"
+    record.write_text(damage(record.read_text()))
+    before = file_hashes(tmp_path)
+    assert re.search(message, refusal(capsys, "classifier", flags + ["--resume", "--epochs", "2"]))
+    assert file_hashes(tmp_path) == before
+    classifier.main(flags + ["--overwrite"])
+    assert json.loads(record.read_text())["task"] == "sentiment-sst"
+
+
+def test_a_damaged_log_line_is_refused_before_any_file_changes_and_resumes_once_deleted(capsys, tmp_path,
+                                                                                         checkpoint):
+    flags = base_flags("classifier", checkpoint, tmp_path) + ["--log_every", "1"]
+    classifier.main(flags)
+    log = tmp_path / "run/sst/metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + '{"split": "train", "st\n' + "".join(lines[1:]))
+    before = file_hashes(tmp_path)
+    message = refusal(capsys, "classifier", flags + ["--resume", "--epochs", "2"])
+    assert re.search(r"metrics.jsonl, line 2: not a JSON object \(.*\); mend or delete that line, then resume", message)
+    assert file_hashes(tmp_path) == before  # settings.json too: nothing is written before the refusal
+    log.write_text("".join(lines))
+    classifier.main(flags + ["--resume", "--epochs", "2"])
+    assert [r["epoch"] for r in metrics(tmp_path / "run/sst") if r["split"] == "dev"] == [0, 1]
+
+
 def test_resume_in_an_empty_directory_starts_a_run_and_says_so(capsys, tmp_path, checkpoint):
     paraphrase_detection.main(base_flags("paraphrase", checkpoint, tmp_path) + ["--resume"])
     assert "holds no run yet: starting a new one there" in capsys.readouterr().out

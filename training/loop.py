@@ -22,7 +22,7 @@ from training.distributed import (Batch, all_reduce_sum, barrier, batches_for_th
                                   rank, world_size)
 from training.optimization import make_optimizer, make_scheduler, set_hyperparameters
 from training.run_dir import Run
-from training.run_log import RunLog
+from training.run_log import RunLog, read_records
 from training.settings import TrainSettings
 from training.signals import Interrupted, StopSignals
 
@@ -115,7 +115,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng": gather_objects(boundary_rng), "progress": vars(progress).copy()}
 
-    run.open()
+    # Everything a resume might refuse is read before run.open() writes anything.
     resumed = run.resume and run.last_checkpoint.is_file()
     if resumed:
         base_lrs, decays = list(scheduler.base_lrs), [group["weight_decay"] for group in optimizer.param_groups]
@@ -134,7 +134,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
         boundary_rng = state["rng"][rank() % len(state["rng"])]
         set_rng_state(boundary_rng)
         print(f"resuming {run.last_checkpoint} at epoch {progress.epoch}, batch {progress.batches_done}")
-    log = RunLog(run.log_file, run.curves_file, resume_step=progress.step if resumed else None)
+    records = read_records(run.log_file, progress.step) if resumed else []
+    run.open()  # its barrier: every process has read the old log before the main one rewrites it
+    log = RunLog(run.log_file, run.curves_file, records)
     if run.changes:
         print("from here on: " + ", ".join(f"{flag} {before} -> {now}" for flag, (before, now) in run.changes.items()))
         log.log(split="resume", epoch=progress.epoch, step=progress.step, changed=run.changes)

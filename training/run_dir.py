@@ -103,12 +103,26 @@ def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: d
 
 
 def read_record(directory: Path) -> dict[str, Any]:
+    """The settings record of a run, refused (naming the file, and the line where it breaks) unless it is
+    what `plan_run` writes."""
     path = directory / SETTINGS_FILE
+    redo = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
     if not path.is_file():
         raise UserError(f"{directory} holds a run without {SETTINGS_FILE} (from an earlier version of this code), so "
-                        "its settings cannot be checked: start it again with --overwrite, or pick another --run_dir")
-    with open(path) as f:
-        return json.load(f)
+                        f"its settings cannot be checked; {redo}")
+    try:
+        record = json.loads(path.read_bytes())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}, line {error.lineno}: not JSON ({error.msg}); {redo}") from None
+    except ValueError as error:  # not UTF-8
+        raise UserError(f"{path}: not JSON ({error}); {redo}") from None
+    sections = {"task": str, "settings": dict, "data": dict, "resumed": list}
+    if not (isinstance(record, dict) and all(isinstance(record.get(key, []), kind) for key, kind in sections.items())
+            and all(isinstance(group, dict) for group in record.get("settings", {}).values())
+            and all(isinstance(entry, dict) and {"path", "sha256"} <= entry.keys()
+                    for entry in record.get("data", {}).values())):
+        raise UserError(f"{path}: not a settings record of this code (task, settings, data); {redo}")
+    return record
 
 
 def check_same_data(directory: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:

@@ -3,20 +3,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.distributed import barrier, is_main
+from config import UserError
+from training.distributed import is_main
+
+
+def read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """A resumed run's log lines up to its checkpoint's step (those after it will be logged again). A line
+    that is not a JSON object is refused, naming the file and line."""
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError as error:  # not JSON, or not UTF-8
+                record = error
+            if not isinstance(record, dict):
+                raise UserError(f"{path}, line {number}: not a JSON object ({record}); mend or delete that line, "
+                                "then resume again")
+            if record.get("step", 0) <= up_to_step:
+                records.append(record)
+    return records
 
 
 class RunLog:
-    """Every process keeps the records; only the main process writes the files. A resumed run keeps the
-    lines up to its checkpoint's step: those after it will be logged again."""
+    """Every process keeps the records; only the main process writes the files. `records` are those a
+    resumed run keeps (`read_records`), written back when the log opens."""
 
-    def __init__(self, path: Path, picture: Path, resume_step: int | None = None):
-        self.path, self.picture = path, picture
-        self.records: list[dict[str, Any]] = []
-        if resume_step is not None and self.path.is_file():
-            with open(self.path) as f:
-                self.records = [r for r in map(json.loads, f) if r.get("step", 0) <= resume_step]
-        barrier()  # every process has read the old log before the main one rewrites it
+    def __init__(self, path: Path, picture: Path, records: list[dict[str, Any]]):
+        self.path, self.picture, self.records = path, picture, records
         if is_main():
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in self.records)
