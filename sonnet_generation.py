@@ -90,12 +90,15 @@ def get_settings(argv: list[str]) -> Settings:
     return settings_from_flags(Settings, build_parser().parse_args(argv))
 
 
-def check_sonnet_files(task: SonnetSettings) -> None:
-    """Every dev prompt has its gold sonnet: dev chrF is scored against it after each epoch."""
-    missing = sorted(read_sonnets(task.held_out_dev_path).keys() - read_sonnets(task.gold_dev_path).keys())
+def read_dev_sonnets(task: SonnetSettings) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """The dev prompts and their gold sonnets; each prompt needs its gold sonnet, for the chrF scored after
+    every epoch."""
+    prompts, gold = read_sonnets(task.held_out_dev_path), read_sonnets(task.gold_dev_path)
+    missing = sorted(prompts.keys() - gold.keys())
     if missing:
         raise UserError(f"--held_out_dev_path {task.held_out_dev_path}: sonnet(s) {', '.join(map(str, missing))} "
                         f"are not in --gold_dev_path {task.gold_dev_path}, so they cannot be scored")
+    return prompts, gold
 
 
 def token_ids_containing(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, ...]) -> list[int]:
@@ -203,7 +206,7 @@ def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("sonnet_generation.py"):
         settings = get_settings(argv)
         task, train = settings.task, settings.train
-        check_sonnet_files(task)
+        dev_prompts, gold = read_dev_sonnets(task)
         device = choose_device(settings.model.use_gpu, settings.model.precision)
         run = None
         if train.epochs > 0:
@@ -217,7 +220,6 @@ def main(argv: list[str]) -> None:
         max_len = model.config.max_position_embeddings
         sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
         train_data = sonnet_dataset(sonnets, tokenizer, max_len, str(task.sonnet_path))
-        dev_prompts, gold = read_sonnets(task.held_out_dev_path), read_sonnets(task.gold_dev_path)
         gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(task.gold_dev_path))
         test_prompts = read_sonnets(task.held_out_path)
 
