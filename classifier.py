@@ -14,11 +14,12 @@ from transformers import PreTrainedTokenizerBase
 
 import evaluation
 from config import FREE, require, require_range, setting
-from datasets import EpochBatches, TokenizedDataset, seeded_sample, tokenize_sentiment
+from datasets import EpochBatches, seeded_sample, tokenize_sentiment
 from models.gpt2 import GPT2Model
 from modules.pooling import POOLING, Pooler
 from training.checkpoints import seed_everything
-from training.course_files import SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, read_sentiment, write_predictions
+from training.course_files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, SentimentExample, read_sentiment,
+                                   write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
 from training.inference import predict
@@ -165,26 +166,26 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings
     return ids
 
 
-def load_split(settings: Settings, tokenizer: PreTrainedTokenizerBase, dataset: str, split: str, template: str,
-               max_len: int) -> TokenizedDataset:
-    path = settings.task.data_file(dataset, split)
-    examples = read_sentiment(path, SENTIMENT_NUM_LABELS[dataset], labelled=split != "test-student")
-    if split == "train":
-        examples = seeded_sample(examples, settings.train.train_limit, settings.train.seed)
-    return tokenize_sentiment(examples, tokenizer, template, max_len, str(path))
+def read_dataset(settings: Settings, dataset: str) -> dict[str, list[SentimentExample]]:
+    """Every split of `dataset`, read before any dataset trains; the training split sampled by --train_limit."""
+    examples = {split: read_sentiment(settings.task.data_file(dataset, split), SENTIMENT_NUM_LABELS[dataset],
+                                      labelled=split != "test-student") for split in SPLITS}
+    examples["train"] = seeded_sample(examples["train"], settings.train.train_limit, settings.train.seed)
+    return examples
 
 
-def run_dataset(settings: Settings, dataset: str, run: Run | None, tokenizer: PreTrainedTokenizerBase,
-                words: list[int] | None, device: torch.device) -> dict[str, float]:
-    """Train on `dataset` (unless `run` is None), write its prediction files and grade the dev file. `words`
-    are the cloze label words' token ids."""
+def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[SentimentExample]], run: Run | None,
+                tokenizer: PreTrainedTokenizerBase, words: list[int] | None, device: torch.device) -> dict[str, float]:
+    """Train on `dataset`'s `examples` (unless `run` is None), write its prediction files and grade the dev
+    file. `words` are the cloze label words' token ids."""
     task, train = settings.task, resolved_training(settings, dataset)
     seed_everything(train.seed)
     num_labels = SENTIMENT_NUM_LABELS[dataset]
     gpt = build_gpt2(settings.model)
     template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
-    train_data, dev, test = (load_split(settings, tokenizer, dataset, split, template,
-                                        gpt.config.max_position_embeddings) for split in SPLITS)
+    max_len = gpt.config.max_position_embeddings
+    train_data, dev, test = (tokenize_sentiment(examples[split], tokenizer, template, max_len,
+                                                str(task.data_file(dataset, split))) for split in SPLITS)
 
     apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
     model = SentimentClassifier(gpt, num_labels, task.pooling, task.head_dropout, words).to(device)
@@ -236,6 +237,7 @@ def plan_dataset_run(settings: Settings, dataset: str, command: list[str], devic
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("classifier.py"):
         settings = get_settings(argv)
+        examples = {dataset: read_dataset(settings, dataset) for dataset in settings.task.datasets}
         device = choose_device(settings.model.use_gpu, settings.model.precision)
         runs = {dataset: plan_dataset_run(settings, dataset, ["classifier.py", *argv], device)
                 for dataset in settings.task.datasets}
@@ -243,7 +245,7 @@ def main(argv: list[str]) -> None:
         words = {dataset: label_token_ids(tokenizer, settings.task, dataset) if settings.task.cloze else None
                  for dataset in runs}
         for dataset, run in runs.items():
-            run_dataset(settings, dataset, run, tokenizer, words[dataset], device)
+            run_dataset(settings, dataset, examples[dataset], run, tokenizer, words[dataset], device)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GPT-2's configuration and the four published sizes; and how every setting of the project is declared
 (`setting`), checked (`require`, `require_range`) and refused (`UserError`)."""
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 END_OF_TEXT_ID = 50256
@@ -68,8 +68,19 @@ class GPT2Config:
         return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> "GPT2Config":
-        """Our config from a Hugging Face GPT-2 `config.json`, refusing settings our model does not implement."""
+    def from_hf_dict(cls, hf: dict[str, Any], *, source: str = "config.json", **overrides: Any) -> "GPT2Config":
+        """Our config from a Hugging Face GPT-2 `config.json` (read from `source`, which refusals name), refusing
+        other models and settings our model does not implement. `overrides` may set dropout or the attention."""
+        again = "download or copy it again"
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise UserError(f"{source}: model_type is {hf['model_type']!r}; this project loads GPT-2 checkpoints "
+                            "only (model_type 'gpt2'): pass a GPT-2 checkpoint instead")
+        sizes = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
+        for key in sizes:
+            value = hf.get(key)
+            if not (isinstance(value, int) and value > 0):
+                problem = "is missing" if key not in hf else f"is {value!r}, not a positive integer"
+                raise UserError(f"{source}: {key} {problem}; a GPT-2 config.json gives {', '.join(sizes)}: {again}")
         unsupported = {
             "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
             "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
@@ -79,7 +90,8 @@ class GPT2Config:
         }
         for key, (value, allowed) in unsupported.items():
             if value not in allowed:
-                raise ValueError(f"config.json has {key}={value!r}; this GPT-2 implements only {allowed}")
+                raise UserError(f"{source} has {key}={value!r}; this GPT-2 implements only {allowed}: use a "
+                                "checkpoint whose config.json has one of those")
         fields = dict(
             vocab_size=hf["vocab_size"],
             max_position_embeddings=hf["n_positions"],
@@ -93,7 +105,11 @@ class GPT2Config:
             initializer_range=hf.get("initializer_range", 0.02),
             pad_token_id=hf.get("eos_token_id", END_OF_TEXT_ID),
         )
-        return cls(**{**fields, **overrides})
+        try:
+            config = cls(**fields)
+        except (TypeError, ValueError) as error:  # values no GPT-2 has (a TypeError: a string where a number goes)
+            raise UserError(f"{source}: {error}; no GPT-2 can be built from it: {again}") from None
+        return replace(config, **overrides)  # outside the try: a bad override is the caller's, not the file's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

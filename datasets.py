@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from config import END_OF_TEXT_ID
+from config import END_OF_TEXT_ID, UserError
 from training.course_files import ParaphraseExample, SentimentExample
 
 Item = TypeVar("Item")
@@ -51,7 +51,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: str, fields: dic
                       key=lambda i: len(pieces[i][1]))
         name, ids = pieces[longest]
         if len(ids) <= 1:
-            raise ValueError(f"template {template!r} leaves no room for its fields within {max_len} tokens")
+            words = sum(len(ids) for name, ids in pieces if name is None)
+            raise UserError(f"the prompt is {words} tokens without its fields, which leaves no room for them in the "
+                            f"model's {max_len}: shorten --prompt (or use a smaller --k_shot)")
         cut = min(excess, len(ids) - 1)
         pieces[longest] = (name, ids[:-cut])
         excess -= cut

@@ -8,12 +8,12 @@ against gold ones. The file formats are described in `training/course_files.py`,
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from config import UserError
 from training.course_files import normalise_label, read_gold, read_predictions, read_sonnets, some_of
-from training.metrics import classification_metrics, sonnet_metrics
+from training.metrics import classification_metrics, label_order, sonnet_metrics
+from training.settings import FlagParser, user_errors_end_in_one_line
 
 # -----------------------------------------------------------------------------
 # grading
@@ -21,13 +21,14 @@ from training.metrics import classification_metrics, sonnet_metrics
 def grade(predictions_path: str | os.PathLike, gold_path: str | os.PathLike,
           label_column: str | None = None) -> dict:
     """Metrics of a prediction file against a labelled course CSV, plus `count` (examples scored) and
-    `skipped` (gold rows with an empty label: not scored, and not required in the predictions)."""
-    gold, skipped, column = read_gold(Path(gold_path), label_column)
-    predictions = read_predictions(predictions_path)
-    if not gold:
-        raise ValueError(f"{gold_path}: no labelled rows in column {column!r}")
+    `skipped` (gold rows with an empty label: not scored, and not required in the predictions). The label
+    set is the gold file's: a prediction outside it is refused, and macro-F1 averages over it (each course
+    dev file holds every class of its task, so these are the per-epoch metrics of the training scripts)."""
+    gold, unlabelled, _ = read_gold(gold_path, label_column)
+    labels = label_order(set(gold.values()))
+    predictions = read_predictions(predictions_path, labels)
     missing = [i for i in gold if i not in predictions]
-    unknown = [i for i in predictions if i not in gold and i not in skipped]
+    unknown = [i for i in predictions if i not in gold and i not in unlabelled]
     problems = []
     if missing:
         problems.append(f"{len(missing)} of {len(gold)} gold ids have no prediction ({some_of(missing)})")
@@ -35,10 +36,10 @@ def grade(predictions_path: str | os.PathLike, gold_path: str | os.PathLike,
         problems.append(f"{len(unknown)} of {len(predictions)} predicted ids are not in the gold file "
                         f"({some_of(unknown)})")
     if problems:
-        raise ValueError(f"{predictions_path} does not match {gold_path}: " + "; ".join(problems))
-    golds = list(gold.values())
+        raise UserError(f"{predictions_path} does not match {gold_path}: " + "; ".join(problems))
     preds = [normalise_label(predictions[i]) for i in gold]  # so a predicted '1.0' matches gold '1' too
-    return classification_metrics(golds, preds) | {"count": len(golds), "skipped": len(skipped)}
+    return classification_metrics(list(gold.values()), preds, labels) | {"count": len(gold),
+                                                                         "skipped": len(unlabelled)}
 
 
 def format_report(metrics: dict) -> str:
@@ -66,8 +67,13 @@ def format_report(metrics: dict) -> str:
 
 
 def grade_sonnets(generated_path: str | os.PathLike, gold_path: str | os.PathLike) -> dict:
-    """`sonnet_metrics` of a generated sonnet file against a gold one."""
-    return sonnet_metrics(read_sonnets(generated_path), read_sonnets(gold_path))
+    """`sonnet_metrics` of a generated sonnet file against a gold one, which must hold every gold sonnet."""
+    generated, gold = read_sonnets(generated_path), read_sonnets(gold_path)
+    missing = [str(number) for number in gold if number not in generated]
+    if missing:
+        raise UserError(f"{generated_path} lacks {len(missing)} of the {len(gold)} sonnets of {gold_path} "
+                        f"({some_of(missing)})")
+    return sonnet_metrics(generated, gold)
 
 
 # -----------------------------------------------------------------------------
@@ -82,7 +88,7 @@ def _sonnets_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate prediction files of the GPT-2 course tasks.")
+    parser = FlagParser(description="Evaluate prediction files of the GPT-2 course tasks.")
     commands = parser.add_subparsers(dest="command", required=True)
     grader = commands.add_parser("grade", help="score a prediction file against a labelled course CSV")
     grader.add_argument("predictions", help="prediction file in the course layout (header, then 'id , label' lines)")
@@ -97,15 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+def main(argv: Sequence[str] | None = None) -> None:
+    with user_errors_end_in_one_line("evaluation.py"):
+        args = build_parser().parse_args(argv)
         args.run(args)
-    except (ValueError, OSError) as error:  # bad input: a one-line message, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

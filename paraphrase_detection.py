@@ -174,6 +174,10 @@ def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("paraphrase_detection.py"):
         settings = get_settings(argv)
         task, train = settings.task, settings.train
+        train_examples = read_paraphrase(task.para_train)
+        require(task, "k_shot", task.k_shot <= len(train_examples),
+                f"more than the {len(train_examples)} pairs of --para_train")
+        dev_examples, test_examples = read_paraphrase(task.para_dev), read_paraphrase(task.para_test, labelled=False)
         device = choose_device(settings.model.use_gpu, settings.model.precision)
         run = None
         if train.epochs > 0:
@@ -185,16 +189,13 @@ def main(argv: list[str]) -> None:
         gpt = build_gpt2(settings.model)
         max_len = gpt.config.max_position_embeddings
 
-        train_examples = read_paraphrase(task.para_train)
-        require(task, "k_shot", task.k_shot <= len(train_examples),
-                f"more than the {len(train_examples)} pairs of --para_train")
         shots = demonstrations(train_examples, task.k_shot, train.seed, task.prompt) if task.k_shot else ""
         template = shots + task.prompt
         train_examples = seeded_sample(train_examples, train.train_limit, train.seed)
         train_data, dev, test = (
             tokenize_paraphrase(examples, tokenizer, template, max_len, str(path), task.symmetric)
-            for examples, path in ((train_examples, task.para_train), (read_paraphrase(task.para_dev), task.para_dev),
-                                   (read_paraphrase(task.para_test, labelled=False), task.para_test)))
+            for examples, path in ((train_examples, task.para_train), (dev_examples, task.para_dev),
+                                   (test_examples, task.para_test)))
         apply_strategy(gpt, settings.strategy)
         model = ParaphraseGPT(gpt, task.head, task.head_dropout, task.dropout_samples).to(device)
         print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")

@@ -29,6 +29,7 @@ from training.settings import (FlagParser, ScriptSettings, require_input_file, r
                                settings_parser, user_errors_end_in_one_line)
 
 SONNET_LINES = 14
+PROMPT_LINES = 3  # a held-out sonnet gives its first 3 lines
 DECODINGS = ("greedy", "sample", "beam", "contrastive", "mbr", "pool")
 LINE_END_TEXTS = (",", ".", ";", ":", "!", "?", "\n")
 # The course's decoding: top-p sampling at temperature 1.2; room for a whole sonnet.
@@ -93,7 +94,7 @@ def get_settings(argv: list[str]) -> Settings:
 def read_dev_sonnets(task: SonnetSettings) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """The dev prompts and their gold sonnets; each prompt needs its gold sonnet, for the chrF scored after
     every epoch."""
-    prompts, gold = read_sonnets(task.held_out_dev_path), read_sonnets(task.gold_dev_path)
+    prompts, gold = read_sonnets(task.held_out_dev_path, PROMPT_LINES), read_sonnets(task.gold_dev_path)
     missing = sorted(prompts.keys() - gold.keys())
     if missing:
         raise UserError(f"--held_out_dev_path {task.held_out_dev_path}: sonnet(s) {', '.join(map(str, missing))} "
@@ -130,8 +131,9 @@ class SonnetWriter:
         encoded = [self.tokenizer.encode(sonnet_text(lines)) for lines in prompts.values()]
         room = self.model.config.max_position_embeddings - max(map(len, encoded))
         if room < 1:
-            raise ValueError(f"a prompt of {max(map(len, encoded))} tokens leaves no room in the model's "
-                             f"context of {self.model.config.max_position_embeddings}")
+            number, ids = max(zip(prompts, encoded), key=lambda pair: len(pair[1]))
+            raise UserError(f"prompt {number} is {len(ids)} tokens, which leaves no room in the model's context of "
+                            f"{self.model.config.max_position_embeddings}")
         longest = max(map(len, encoded))  # left padding: generation continues every row at its last token
         input_ids = torch.tensor([[END_OF_TEXT_ID] * (longest - len(ids)) + ids for ids in encoded],
                                  device=self.device)
@@ -207,6 +209,8 @@ def main(argv: list[str]) -> None:
         settings = get_settings(argv)
         task, train = settings.task, settings.train
         dev_prompts, gold = read_dev_sonnets(task)
+        sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
+        test_prompts = read_sonnets(task.held_out_path, PROMPT_LINES)
         device = choose_device(settings.model.use_gpu, settings.model.precision)
         run = None
         if train.epochs > 0:
@@ -218,10 +222,8 @@ def main(argv: list[str]) -> None:
         tokenizer = tokenizer_for(settings.model)
         model = build_gpt2(settings.model)
         max_len = model.config.max_position_embeddings
-        sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
         train_data = sonnet_dataset(sonnets, tokenizer, max_len, str(task.sonnet_path))
         gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(task.gold_dev_path))
-        test_prompts = read_sonnets(task.held_out_path)
 
         apply_strategy(model, settings.strategy)
         model.to(device)

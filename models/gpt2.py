@@ -136,8 +136,9 @@ class GPT2Model(nn.Module):
         local directory with config.json and model.safetensors or pytorch_model.bin. Sizes come from the
         checkpoint; `config_overrides` may set dropout or the attention implementation."""
         directory = hf_checkpoint.resolve_checkpoint(name_or_path)
-        config = GPT2Config.from_hf_dict(hf_checkpoint.read_config(directory), **config_overrides)
-        state = hf_checkpoint.to_our_names(hf_checkpoint.read_weights(directory), config, str(directory))
+        config = hf_checkpoint.load_config(directory, **config_overrides)
+        weights = hf_checkpoint.weights_file(directory)
+        state = hf_checkpoint.to_our_names(hf_checkpoint.read_weights(weights), config, str(weights))
         with torch.device("meta"):  # every tensor comes from the checkpoint: skip the random init
             model = cls(config)
         model.load_state_dict(state, assign=True)

@@ -1,17 +1,25 @@
-"""Hugging Face GPT-2 checkpoints: find them (hub name or local directory) and map their tensors to ours."""
+"""Hugging Face GPT-2 checkpoints: find them (hub name or local directory), read their files, refusing damaged
+or foreign ones in one line, and map their tensors to ours."""
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from config import GPT2Config
+from config import GPT2Config, UserError
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # Old checkpoints store the causal mask as a buffer, and the LM head is tied to the token embedding.
 IGNORED = re.compile(r"(^lm_head\.weight$)|(\.attn\.(masked_)?bias$)")
 HUB_ID = re.compile(r"^[\w-][\w.-]*(/[\w.-]+)?$")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+AGAIN = "download or copy it again"
+PROBLEMS_SHOWN = 3  # how many tensor problems an error message lists
+# What torch.load raises on a truncated or corrupted file (found by cutting and flipping bytes of checkpoints).
+# A file that cannot be opened at all raises before, and keeps its own OSError.
+TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, IndexError, KeyError)
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -19,53 +27,132 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json; expected a Hugging Face GPT-2 checkpoint "
-                                    "directory (config.json with model.safetensors or pytorch_model.bin)")
+            raise UserError(f"{path} has no config.json; expected a Hugging Face GPT-2 checkpoint directory "
+                            "(config.json with model.safetensors or pytorch_model.bin)")
         return path
     if not HUB_ID.match(str(name_or_path)):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise UserError(f"checkpoint directory {path} does not exist")
     return download_from_hub(str(name_or_path))
 
 
 def download_from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         directory = Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors*"]))
         if not any(directory.glob("model.safetensors*")):
             directory = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model.bin"]))
-    except LocalEntryNotFoundError as error:
-        raise OSError(
-            f"could not download {repo_id!r} from the Hugging Face hub, and it is not in the local cache "
-            f"({error.__class__.__name__}). Without network access, download a checkpoint elsewhere "
-            f"(e.g. `hf download {repo_id} config.json model.safetensors --local-dir DIR`) "
-            "and pass that directory instead: --model_path DIR, or GPT2Model.from_pretrained(DIR)."
-        ) from error
-    except RepositoryNotFoundError as error:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local directory nor a model on the Hugging Face "
-                                f"hub; the GPT-2 checkpoints are {', '.join(HUB_NAMES)}") from error
+    except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE, or no network) and not in the cache
+        raise UserError(
+            f"could not download {repo_id!r} from the Hugging Face hub, and it is not in the cache "
+            f"{constants.HF_HUB_CACHE} ({error.__class__.__name__}); where there is network access, run "
+            f"`hf download {repo_id} config.json model.safetensors --local-dir DIR`, then pass that directory "
+            "instead: --model_path DIR, or GPT2Model.from_pretrained(DIR)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id!r} is neither a local directory nor a model on the Hugging Face hub; the GPT-2 "
+                        f"checkpoints are {', '.join(HUB_NAMES)}") from None
     return directory
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    with open(directory / "config.json") as f:
-        return json.load(f)
+# -----------------------------------------------------------------------------
+# reading files, refusing damaged ones
+
+def first_sentence(error: BaseException) -> str:
+    """A parser's complaint, short: its first sentence (torch's weights-only refusal states its reason last)."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line.split(". ")[0].rstrip(".") or error.__class__.__name__
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def damaged(path: Path, error: BaseException, advice: str = AGAIN) -> UserError:
+    return UserError(f"{path} cannot be read (the file is damaged or incomplete: {first_sentence(error)}): {advice}")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint or tokenizer; one that does not parse is refused naming where it breaks."""
+    try:
+        return json.loads(path.read_bytes())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}, line {error.lineno}, column {error.colno}: not JSON ({error.msg}); the file is "
+                        f"damaged or incomplete: {AGAIN}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not JSON ({error}); the file is damaged or incomplete: {AGAIN}") from None
+
+
+def load_torch_file(path: Path, device: torch.device | str, advice: str = AGAIN) -> Any:
+    """`torch.load` of tensors and plain containers only (`weights_only`), refusing a damaged file."""
+    with open(path, "rb") as file:
+        try:
+            return torch.load(file, map_location=device, weights_only=True)
+        except torch.OutOfMemoryError:  # a RuntimeError, but the device's fault, not the file's
+            raise
+        except TORCH_LOAD_ERRORS as error:
+            raise damaged(path, error, advice) from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if (directory / "model.safetensors").is_file():
-        return load_file(directory / "model.safetensors")
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return {name: t for shard in shards for name, t in load_file(directory / shard).items()}
-    if (directory / "pytorch_model.bin").is_file():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin")
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise damaged(path, error) from None
+
+
+# -----------------------------------------------------------------------------
+# config.json and the weights
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """The JSON object in `directory`/config.json."""
+    path = directory / "config.json"
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a JSON {type(config).__name__}, not the object of a Hugging Face config: "
+                        f"{AGAIN}")
+    return config
+
+
+def load_config(directory: Path, **overrides: Any) -> GPT2Config:
+    """Our config from `directory`/config.json, refusing other models and settings our GPT-2 lacks."""
+    return GPT2Config.from_hf_dict(read_config(directory), source=str(directory / "config.json"), **overrides)
+
+
+def weights_file(directory: Path) -> Path:
+    """The file holding the weights: model.safetensors, its shard index, or pytorch_model.bin."""
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(f"{directory} has config.json but no weights (model.safetensors or pytorch_model.bin): "
+                    "download or copy the checkpoint again")
+
+
+def read_shards(index: Path) -> dict[str, torch.Tensor]:
+    """The tensors of every shard that a `model.safetensors.index.json` names."""
+    record = read_json(index)
+    weight_map = record.get("weight_map") if isinstance(record, dict) else None
+    if not (isinstance(weight_map, dict) and all(isinstance(shard, str) for shard in weight_map.values())):
+        raise UserError(f"{index}: not a safetensors index (a JSON object whose weight_map gives each tensor's "
+                        f"file); the file is damaged or incomplete: {AGAIN}")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if not (index.parent / shard).is_file():
+            raise UserError(f"{index.parent / shard} does not exist, but {index.name} names it as a shard of the "
+                            f"weights: {AGAIN}")
+    return {name: t for shard in shards for name, t in read_safetensors(index.parent / shard).items()}
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `weights_file`."""
+    if path.name.endswith(".index.json"):
+        return read_shards(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    state = load_torch_file(path, "cpu")
+    if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
+        raise UserError(f"{path} holds no state dict (a dictionary of named tensors): {AGAIN}")
+    return state
 
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -85,7 +172,7 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 
 
 def check_tensors(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) -> None:
-    """Raise one error listing every missing, unexpected and mis-shaped tensor."""
+    """Refuse weights with missing, unexpected or mis-shaped tensors: one line, counting them, naming the first."""
     shapes = expected_shapes(config)
     problems = [f"missing: {name} {shape}" for name, shape in shapes.items() if name not in hf]
     problems += [f"unexpected: {name} {tuple(t.shape)}" for name, t in hf.items() if name not in shapes]
@@ -93,8 +180,10 @@ def check_tensors(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) 
                  for name, t in hf.items() if name in shapes and tuple(t.shape) != shapes[name]]
     if problems:
         size = f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}"
-        raise ValueError(f"{source} does not match the GPT-2 its config.json describes ({size}):\n  "
-                         + "\n  ".join(problems))
+        shown = "; ".join(problems[:PROBLEMS_SHOWN]) + ("; ..." if len(problems) > PROBLEMS_SHOWN else "")
+        raise UserError(f"{source} does not match the GPT-2 that config.json describes ({size}), "
+                        f"{len(problems)} problem(s): {shown}; the weights and config.json must come from one "
+                        "checkpoint: download or copy it again")
 
 
 def to_our_names(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) -> dict[str, torch.Tensor]:

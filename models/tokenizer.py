@@ -3,6 +3,9 @@ from pathlib import Path
 
 from transformers import GPT2Tokenizer, PreTrainedTokenizerBase
 
+from config import UserError
+from models.hf_checkpoint import AGAIN, read_json
+
 # `bash setup.sh` copies the BPE files here from ../shared/gpt2-tokenizer when they are present.
 PROJECT_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -18,11 +21,33 @@ def download_from_hub() -> Path:
 
     try:
         paths = [Path(hf_hub_download("gpt2", name)) for name in TOKENIZER_FILES]
-    except LocalEntryNotFoundError as error:
-        raise OSError(f"no GPT-2 tokenizer found: {PROJECT_TOKENIZER} lacks {' and '.join(TOKENIZER_FILES)} "
-                      "(bash setup.sh copies them from ../shared/gpt2-tokenizer) and the Hugging Face hub "
-                      "could not be reached; pass a directory holding vocab.json and merges.txt") from error
+    except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE, or no network) and not in the cache
+        raise UserError(f"no GPT-2 tokenizer found: {PROJECT_TOKENIZER} lacks {' and '.join(TOKENIZER_FILES)}, and "
+                        f"the Hugging Face hub cannot be reached ({error.__class__.__name__}); run `bash setup.sh` "
+                        "(it copies them from ../shared/gpt2-tokenizer), or where there is network access, "
+                        f"`hf download gpt2 {' '.join(TOKENIZER_FILES)} --local-dir {PROJECT_TOKENIZER}`") from None
     return paths[0].parent
+
+
+def check_tokenizer_files(directory: Path) -> None:
+    """Refuse damaged BPE files naming the file and line, before the tokenizers library fails on them with
+    neither: vocab.json maps tokens to ids, and each line of merges.txt merges two tokens of it into a third."""
+    vocab_path, merges_path = (directory / name for name in TOKENIZER_FILES)
+    vocab = read_json(vocab_path)
+    if not (isinstance(vocab, dict) and all(isinstance(i, int) and i >= 0 for i in vocab.values())):
+        raise UserError(f"{vocab_path}: not a vocabulary (a JSON object from each token to its id): {AGAIN}")
+    try:
+        lines = merges_path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{merges_path}: not UTF-8 ({error}); the file is damaged or incomplete: {AGAIN}") from None
+    for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if line.startswith("#version") or (number == len(lines) and not line):
+            continue
+        tokens = line.split(" ")
+        if len(tokens) != 2 or not {*tokens, "".join(tokens)} <= vocab.keys():
+            raise UserError(f"{merges_path}, line {number}: {line!r} is not a merge of two tokens of vocab.json; the "
+                            f"file is damaged or incomplete: {AGAIN}")
 
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
@@ -36,6 +61,7 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
         source = PROJECT_TOKENIZER
     else:
         source = download_from_hub()
+    check_tokenizer_files(source)
     tokenizer = GPT2Tokenizer.from_pretrained(str(source))
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import classifier
 import evaluation
 from models.gpt2 import GPT2Model
 from modules.lora import LoRALinear, merge_lora
-from training.course_files import read_predictions, read_sentiment
+from training.course_files import current_umask, read_predictions, read_sentiment
 from training.model_setup import apply_strategy
 from training.optimization import make_optimizer
 from training.settings import StrategySettings
@@ -107,6 +108,11 @@ def test_run_writes_gradeable_predictions_for_every_id_in_order(tmp_path, tiny_c
     assert {"best.pt", "last.pt", "metrics.jsonl", "curves.png"} <= {p.name for p in run_dir.iterdir()}
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["identity"]["task"] == "sentiment-sst"
+    # one definition of the metrics: the graded file scores what the best epoch's dev pass scored
+    assert (results["accuracy"], results["macro_f1"]) == (best["metrics"]["accuracy"], best["metrics"]["macro_f1"])
+    readable = 0o666 & ~current_umask()
+    for path in (dev_file, run_dir / "metrics.jsonl", run_dir / "curves.png", run_dir / "settings.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == readable, path
     recorded = json.loads((run_dir / "settings.json").read_text())
     assert recorded["settings"]["train"]["lr"] == 1e-3 and recorded["settings"]["train"]["batch_size"] == 16
     assert recorded["settings"]["task"]["dataset"] == "sst"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from evaluation import grade, main
-from training.course_files import (PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold_labels, read_predictions,
-                                   write_predictions)
+from config import UserError
+from training.course_files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold, read_predictions, write_predictions
 from training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def sst_gold(tmp_path):
 def test_three_class_metrics_match_hand_computed_values():
     golds = [0, 0, 1, 1, 2, 2]
     preds = [0, 1, 1, 1, 2, 0]
-    m = classification_metrics(golds, preds)
+    m = classification_metrics(golds, preds, range(3))
     # per class: 0 -> P 1/2 R 1/2 F1 1/2; 1 -> P 2/3 R 1 F1 4/5; 2 -> P 1 R 1/2 F1 2/3
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
@@ -51,7 +51,7 @@ def test_three_class_metrics_match_hand_computed_values():
 def test_binary_metrics_score_the_positive_class():
     golds = ["1", "1", "1", "1", "0", "0"]
     preds = [1, 1, 0, 0, 1, 0]  # ints and strings compare as the same labels
-    m = classification_metrics(golds, preds)
+    m = classification_metrics(golds, preds, [0, 1])
     # class 1: tp 2, fp 1, fn 2
     assert m["accuracy"] == pytest.approx(3 / 6)
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((2 / 3, 1 / 2, 4 / 7))
@@ -63,14 +63,20 @@ def test_metrics_follow_the_given_label_order_and_are_json_serialisable():
     assert m["confusion_matrix"] == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]
     assert list(m["per_class"]) == ["10", "2", "7"]
     assert json.loads(json.dumps(m)) == m
-    assert classification_metrics(["2", "10"], ["2", "10"])["labels"] == ["2", "10"]  # numeric, not text, order
 
 
 def test_metrics_refuse_mismatched_or_empty_inputs():
     with pytest.raises(ValueError, match="2 gold labels but 1 predictions"):
-        classification_metrics([0, 1], [0])
+        classification_metrics([0, 1], [0], [0, 1])
     with pytest.raises(ValueError, match="no examples"):
-        classification_metrics([], [])
+        classification_metrics([], [], [0, 1])
+
+
+def test_macro_f1_averages_over_the_label_set_and_refuses_labels_outside_it():
+    # class 2 is never predicted nor gold: it still counts, with F1 0
+    assert classification_metrics([0, 1], [0, 1], range(3))["macro_f1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="label.s. 7 are not in the label set 0, 1"):
+        classification_metrics([0, 1], [0, 7], [0, 1])
 
 
 # -----------------------------------------------------------------------------
@@ -126,7 +132,7 @@ def test_a_prediction_file_without_header_is_reported(tmp_path):
 
 
 def test_missing_prediction_file_is_reported_by_name(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"predictions file .*nope\.csv does not exist"):
+    with pytest.raises(UserError, match=r"nope\.csv does not exist"):
         read_predictions(tmp_path / "nope.csv")
 
 
@@ -135,27 +141,26 @@ def test_missing_prediction_file_is_reported_by_name(tmp_path):
 
 def test_gold_labels_detect_the_label_column_and_read_crlf(tmp_path):
     path = write_gold(tmp_path / "sst.csv", [("a", "x", "3"), ("b", "y", "0")], line_end="\r\n")
-    assert read_gold_labels(path) == {"a": "3", "b": "0"}
-    assert read_gold_labels(path, label_column="sentence") == {"a": "x", "b": "y"}
+    assert read_gold(path) == ({"a": "3", "b": "0"}, [], "sentiment")
+    assert read_gold(path, label_column="sentence")[0] == {"a": "x", "b": "y"}
 
 
 def test_gold_without_label_column_or_with_empty_id_is_reported(tmp_path):
     unlabelled = write_gold(tmp_path / "test.csv", [("a", "x")], columns=("id", "sentence"))
     with pytest.raises(ValueError, match=r"test\.csv, line 1: no 'sentiment' or 'is_duplicate' label column"):
-        read_gold_labels(unlabelled)
-    with pytest.raises(ValueError, match=r"test\.csv, line 1: no 'label' label column"):
-        read_gold_labels(unlabelled, label_column="label")
+        read_gold(unlabelled)
+    with pytest.raises(ValueError, match=r"test\.csv, line 1: column 'label' is missing"):
+        read_gold(unlabelled, label_column="label")
     no_id = write_gold(tmp_path / "gold.csv", [("a", "x", "1"), ("", "y", "2")])
-    with pytest.raises(ValueError, match=r"gold\.csv, line 3: empty id"):
-        read_gold_labels(no_id)
+    with pytest.raises(ValueError, match=r"gold\.csv, line 3: the row has no id"):
+        read_gold(no_id)
 
 
 def test_quora_gold_skips_empty_labels_and_normalises_floats(tmp_path):
     columns = ("id", "sentence1", "sentence2", "is_duplicate")
     gold = write_gold(tmp_path / "quora.csv", [("p", "q1", "q2", "1.0"), ("q", "q3", "q4", ""),
                                                ("r", "q5", "q6", "0.0"), ("s", "q7", "q8", "1.0")], columns)
-    with pytest.warns(UserWarning, match="skipped 1 row"):
-        assert read_gold_labels(gold) == {"p": "1", "r": "0", "s": "1"}
+    assert read_gold(gold) == ({"p": "1", "r": "0", "s": "1"}, ["q"], "is_duplicate")
 
     preds = tmp_path / "para-dev-output.csv"
     write_predictions(preds, ["p", "r", "s"], [1, 1, 1], PARAPHRASE_HEADER)  # no prediction for unlabelled 'q'
@@ -176,7 +181,7 @@ def test_grade_reports_missing_and_unknown_ids_with_counts(tmp_path, sst_gold):
     write_predictions(preds, ["a", "b"], [4, 0], SENTIMENT_HEADER)
     with pytest.raises(ValueError, match=r"1 of 3 gold ids have no prediction \(c\)"):
         grade(preds, sst_gold)
-    write_predictions(preds, ["a", "b", "c", "x", "y"], [4, 0, 2, 1, 1], SENTIMENT_HEADER)
+    write_predictions(preds, ["a", "b", "c", "x", "y"], [4, 0, 2, 0, 0], SENTIMENT_HEADER)
     with pytest.raises(ValueError, match=r"2 of 5 predicted ids are not in the gold file \(x, y\)"):
         grade(preds, sst_gold)
 
@@ -190,7 +195,7 @@ def test_grade_reports_duplicate_predictions(tmp_path, sst_gold):
 def test_grade_reports_a_missing_gold_file(tmp_path):
     preds = tmp_path / "p.csv"
     write_predictions(preds, ["a"], [1], SENTIMENT_HEADER)
-    with pytest.raises(FileNotFoundError, match=r"gold file .*missing\.csv does not exist"):
+    with pytest.raises(UserError, match=r"missing\.csv does not exist"):
         grade(preds, tmp_path / "missing.csv")
 
 
@@ -199,8 +204,8 @@ def test_grade_reports_a_missing_gold_file(tmp_path):
 
 def test_cli_prints_the_report_and_exits_zero(tmp_path, sst_gold, capsys):
     preds = tmp_path / "p.csv"
-    write_predictions(preds, ["a", "b", "c"], [4, 0, 1], SENTIMENT_HEADER)
-    assert main(["grade", str(preds), str(sst_gold)]) == 0
+    write_predictions(preds, ["a", "b", "c"], [4, 0, 0], SENTIMENT_HEADER)
+    main(["grade", str(preds), str(sst_gold)])
     out = capsys.readouterr().out
     assert "accuracy   0.6667" in out and "macro-F1" in out and "confusion matrix" in out
 
@@ -219,10 +224,33 @@ def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path):
     gold_path = ROOT / "data" / "ids-sst-dev.csv"
     if not gold_path.exists():
         pytest.skip("course data not in data/")
-    gold = read_gold_labels(gold_path)
+    gold = read_gold(gold_path)[0]
     preds = tmp_path / "sst-dev-output.csv"
     write_predictions(preds, list(gold), list(gold.values()), SENTIMENT_HEADER)
     run = subprocess.run([sys.executable, "evaluation.py", "grade", str(preds), str(gold_path)],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert f"examples   {len(gold)}" in run.stdout and "accuracy   1.0000" in run.stdout
+
+
+def test_grade_refuses_a_prediction_outside_the_gold_label_set(tmp_path, sst_gold, capsys):
+    preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 4", "b , 7", "c , 2")
+    with pytest.raises(UserError, match=r"p\.csv, line 3: id b is predicted '7', which is not in the gold file's "
+                                        r"label set \(0, 2, 4\)"):
+        grade(preds, sst_gold)
+    with pytest.raises(SystemExit) as stop:
+        main(["grade", str(preds), str(sst_gold)])
+    assert stop.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_grade_equals_the_training_scripts_dev_metrics(tmp_path):
+    gold_path = ROOT / "data" / "ids-sst-dev.csv"
+    if not gold_path.exists():
+        pytest.skip("course data not in data/")
+    gold = read_gold(gold_path)[0]
+    preds = [(int(label) + n % 3) % 4 for n, label in enumerate(gold.values())]  # never class 4, some right
+    path = tmp_path / "sst-dev-output.csv"
+    write_predictions(path, list(gold), preds, SENTIMENT_HEADER)
+    per_epoch = classification_metrics(list(gold.values()), preds, range(5))  # what classifier.py logs
+    graded = grade(path, gold_path)
+    assert (graded["accuracy"], graded["macro_f1"]) == (per_epoch["accuracy"], per_epoch["macro_f1"])

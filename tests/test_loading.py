@@ -1,5 +1,6 @@
 """Checkpoint formats, loading errors and the tokenizer."""
 import json
+import re
 
 import huggingface_hub.constants
 import pytest
@@ -8,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2Model as HFGPT2Model
 
+from config import UserError
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
 from tests.conftest import TINY
@@ -50,7 +52,9 @@ def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
         del tensors["transformer.h.1.mlp.c_fc.bias"]
         return tensors
     broken = copy_checkpoint(tiny_checkpoint[0], tmp_path / "broken", edit_tensors=drop)
-    with pytest.raises(ValueError, match=r"missing: h\.1\.mlp\.c_fc\.bias \(256,\)"):
+    with pytest.raises(UserError, match=r"broken/model\.safetensors does not match the GPT-2 that config\.json "
+                                        r"describes \(2 layers, hidden size 64\), 1 problem\(s\): missing: "
+                                        r"h\.1\.mlp\.c_fc\.bias \(256,\); the weights and config\.json must come"):
         GPT2Model.from_pretrained(broken)
 
 
@@ -60,8 +64,9 @@ def test_tensor_of_another_size_is_named(tiny_checkpoint, tmp_path):
         tensors["transformer.extra.weight"] = torch.zeros(3)
         return tensors
     broken = copy_checkpoint(tiny_checkpoint[0], tmp_path / "broken", edit_tensors=resize)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(UserError) as error:
         GPT2Model.from_pretrained(broken)
+    assert "2 problem(s)" in str(error.value) and "\n" not in str(error.value)
     assert "wrong shape: h.0.attn.c_proj.weight is (64, 32), expected (64, 64)" in str(error.value)
     assert "unexpected: extra.weight (3,)" in str(error.value)
 
@@ -70,35 +75,43 @@ def test_config_of_another_size_is_refused(tiny_checkpoint, tmp_path):
     def grow(config):
         return {**config, "n_layer": 3}
     broken = copy_checkpoint(tiny_checkpoint[0], tmp_path / "broken", edit_config=grow)
-    with pytest.raises(ValueError, match=r"3 layers.*\n  missing: h\.2\.ln_1\.weight"):
+    with pytest.raises(UserError, match=r"\(3 layers, hidden size 64\), 12 problem\(s\): missing: "
+                                        r"h\.2\.ln_1\.weight \(64,\); missing: h\.2\.ln_1\.bias \(64,\); "
+                                        r"missing: .*; \.\.\.; the weights"):
         GPT2Model.from_pretrained(broken)
 
 
 def test_unsupported_activation_is_refused(tiny_checkpoint, tmp_path):
     broken = copy_checkpoint(tiny_checkpoint[0], tmp_path / "broken",
                              edit_config=lambda config: {**config, "activation_function": "relu"})
-    with pytest.raises(ValueError, match="activation_function='relu'"):
+    with pytest.raises(UserError, match=r"broken/config\.json has activation_function='relu'; this GPT-2 "
+                                        r"implements only \('gelu_new', 'gelu_pytorch_tanh'\): use a checkpoint"):
         GPT2Model.from_pretrained(broken)
 
 
 def test_directory_that_does_not_exist(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="no-such-checkpoint does not exist"):
         GPT2Model.from_pretrained(tmp_path / "no-such-checkpoint")
 
 
 def test_directory_without_config_or_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(UserError, match="has no config.json"):
         GPT2Model.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(HFConfig(**TINY).to_dict()))
-    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match=r"has config\.json but no weights \(model\.safetensors or "
+                                        r"pytorch_model\.bin\): download or copy the checkpoint again"):
         GPT2Model.from_pretrained(tmp_path)
 
 
 def test_unreachable_hub_says_how_to_load_locally(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(OSError, match="could not download 'gpt2-medium'.*pass that directory instead"):
+    with pytest.raises(UserError) as error:
         GPT2Model.from_pretrained("gpt2-medium")
+    assert re.search(r"could not download 'gpt2-medium' from the Hugging Face hub, and it is not in the cache "
+                     rf"{re.escape(str(tmp_path))} \(LocalEntryNotFoundError\); .*`hf download gpt2-medium "
+                     r"config\.json model\.safetensors --local-dir DIR`, then .*--model_path DIR", str(error.value))
+    assert "\n" not in str(error.value)
 
 
 def test_tokenizer_pads_with_end_of_text():
@@ -120,5 +133,7 @@ def test_tokenizer_without_local_files_or_hub_says_where_to_get_them(monkeypatch
     monkeypatch.setattr(models.tokenizer, "PROJECT_TOKENIZER", tmp_path / "missing")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(OSError, match="no GPT-2 tokenizer found.*setup.sh copies them"):
+    with pytest.raises(UserError, match=r"no GPT-2 tokenizer found: .*missing lacks vocab\.json and merges\.txt, "
+                                        r".*run `bash setup.sh` .*`hf download gpt2 vocab\.json merges\.txt "
+                                        r"--local-dir "):
         load_tokenizer()

@@ -80,18 +80,6 @@ def test_each_loss_option_changes_the_loss_and_keeps_it_finite(tiny_checkpoint, 
     assert torch.isfinite(torch.tensor(changed)) and changed != base
 
 
-def test_rows_without_a_label_are_skipped_in_one_warning(tmp_path):
-    path = tmp_path / "quora.csv"
-    path.write_text("\tid\tsentence1\tsentence2\tis_duplicate\n0\ta\tQ1?\tQ2?\t1.0\n1\tb\tQ3?\tQ4?\t\n"
-                    "2\tc\tQ5?\tQ6?\tmaybe\n3\td\tQ7?\tQ8?\t0.0\n")
-    with pytest.warns(UserWarning, match=r"skipped 2 row\(s\) without a 0/1 label \(lines 3, 4\)"):
-        examples = read_paraphrase(path)
-    assert [(e.id, e.label) for e in examples] == [("a", 1), ("d", 0)]
-    path.write_text("\tid\tsentence1\tis_duplicate\n0\ta\tQ1?\t1.0\n")
-    with pytest.raises(ValueError, match=r"line 1: missing column\(s\) sentence2"):
-        read_paraphrase(path)
-
-
 def test_k_shot_prompt_holds_answered_demonstrations():
     examples = read_paraphrase(DATA / "quora-train.csv")[:50]
     template = para.demonstrations(examples, 2, seed=3, prompt=para.PROMPT) + para.PROMPT

@@ -1,8 +1,6 @@
 """sonnet_generation.py end to end with a tiny random checkpoint and the real tokenizer."""
 from pathlib import Path
 
-import pytest
-
 import evaluation
 import sonnet_generation
 from tests.conftest import save_hf_gpt2
@@ -28,20 +26,3 @@ def test_run_writes_sonnets_that_parse_back_with_their_prompts(tmp_path):
     metrics = evaluation.grade_sonnets(dev_out, DATA / "TRUE_sonnets_held_out_dev.txt")
     assert metrics["count"] == 12 and 0 < metrics["chrf"] < 100
     assert (tmp_path / "run/best.pt").is_file() and (tmp_path / "run/curves.png").is_file()
-
-
-@pytest.mark.parametrize("text, message", [
-    ("Sonnets\n\n1\n\nA line\n\n1\n\nAgain\n", "line 7: sonnet 1 appears twice"),
-    ("Sonnets\n\n1\n\n2\nA line\n", "sonnet 1 has a number but no lines"),
-])
-def test_malformed_sonnet_files_name_the_sonnet(tmp_path, text, message):
-    path = tmp_path / "sonnets.txt"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=message):
-        read_sonnets(path)
-
-
-def test_crlf_and_missing_or_extra_blank_lines_read_alike(tmp_path):
-    path = tmp_path / "sonnets.txt"
-    path.write_bytes(b"Sonnets\r\nby W. S.\r\n\r\n\r\n7\r\nFirst line,\r\n  second line.\r\n8\r\n\r\n\r\nThird\r\n")
-    assert read_sonnets(path) == {7: ["First line,", "  second line."], 8: ["Third"]}

@@ -1,5 +1,5 @@
 """Checkpoints: written atomically, loaded with `weights_only=True`, refused when they belong to another
-task or model; and the random-number state a resumed run must continue from."""
+task or model, or damaged; and the random-number state a resumed run must continue from."""
 import os
 import random
 from pathlib import Path
@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from config import UserError
+from models.hf_checkpoint import load_torch_file
 from training.distributed import is_main
+
+REDO = "restore it, or start the run again with --overwrite"
 
 
 def seed_everything(seed: int) -> None:
@@ -35,9 +38,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A checkpoint's state, refusing one saved for another task or model."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    saved = state.get("identity", {})
+    """A checkpoint's state, refusing a damaged file, a file this project did not write, and a checkpoint
+    saved for another task or model."""
+    state = load_torch_file(path, device, REDO)
+    if not (isinstance(state, dict) and isinstance(state.get("identity"), dict) and "model" in state):
+        raise UserError(f"{path} is not a checkpoint written by this project (a dictionary with its identity and "
+                        f"model): {REDO}")
+    saved = state["identity"]
     if saved.get("task") != identity["task"]:
         raise UserError(f"{path} is a checkpoint of task {saved.get('task')!r}, not {identity['task']!r}")
     if saved.get("tensors") != identity["tensors"]:

@@ -1,9 +1,11 @@
 """The course's files, each read exactly as its format says or refused with its path, line and problem;
 and the files we hand in, written atomically.
 
+Every reader takes UTF-8 with or without a byte-order mark, and LF or CRLF line ends (`read_lines`).
+
 Course CSVs (`ids-sst-*.csv`, `ids-cfimdb-*.csv`, `quora-*.csv`) are tab-separated with a leading unnamed
 index column and a header row naming the others (id, sentence / sentence1, sentence2, and in labelled files
-sentiment / is_duplicate).
+sentiment / is_duplicate); `read_table` gives the rules every one of them is read by.
 
 A prediction file is what the course hands in: a header line, then one line per example,
 
@@ -17,15 +19,19 @@ so "id,3" and "id , 3 " read the same.
 
 A sonnet file (the training sonnets, the held-out prompts, the gold TRUE_sonnets_*.txt, or generated
 sonnets) is a header block, then each sonnet's number on a line of its own followed by its lines, blank
-lines between (`read_sonnets`).
+lines between; `read_sonnets` gives the rules.
 """
-import csv
+import codecs
+import math
 import os
+import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from config import UserError
 
 SENTIMENT_NUM_LABELS = {"sst": 5, "cfimdb": 2}
 SENTIMENT_HEADER = "id \t Predicted_Sentiment "
@@ -40,7 +46,115 @@ def some_of(ids: list[str]) -> str:
 
 
 # -----------------------------------------------------------------------------
+# text files
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a text file, without their line ends. UTF-8 with or without a byte-order mark, LF or CRLF
+    line ends; other bytes, or a carriage return inside a line, are refused naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is a directory, not a file" if path.is_dir() else f"{path} does not exist")
+    try:
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as error:
+        raise UserError(f"{path} cannot be read: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line, column = data.count(b"\n", 0, error.start) + 1, error.start - data.rfind(b"\n", 0, error.start)
+        raise UserError(f"{path}, line {line}: byte 0x{data[error.start]:02x} (column {column}) is not UTF-8; "
+                        "save the file as UTF-8") from None
+    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+    for number, line in enumerate(lines, start=1):
+        if "\r" in line:
+            raise UserError(f"{path}, line {number}: a carriage return inside the line; lines end with LF or CRLF")
+    return lines
+
+
+# -----------------------------------------------------------------------------
 # course CSVs
+
+@dataclass(frozen=True)
+class Row:
+    """One data line of a course CSV: its line number and its fields by column name."""
+    line: int
+    fields: dict[str, str]
+
+
+def read_table(path: str | Path, required: Sequence[str]) -> list[Row]:
+    """The rows of a course CSV, exactly, or a `UserError` naming the file, the line and the problem.
+
+    - Encoding: UTF-8, with or without a byte-order mark; CRLF and LF line ends.
+    - Line 1 is the header: tab-separated column names (spaces around a name are ignored). It must name
+      every column in `required`, each once; other columns (the test files' unnamed index) are kept unused.
+    - Every other line is one row, and every row is one line. Blank lines (nothing, or only spaces) are
+      skipped; a file with no rows is refused.
+    - Fields are separated by tabs, and a row has exactly as many fields as the header: a tab inside an
+      unquoted field splits it, and the row is refused for its extra field.
+    - Quotes follow CSV: a field that starts with `"` is quoted, ends at the next lone `"` (which a tab or
+      the end of the line must follow), and holds `""` for each quote inside it, and tabs as they are. A
+      quoted field that does not close on its own line is refused at that line; it never runs on into the
+      rows after it. A `"` inside an unquoted field is an ordinary character.
+    """
+    path = Path(path)
+    lines = read_lines(path)
+    if not any(line.strip(" ") for line in lines):
+        raise UserError(f"{path} is empty: a course CSV starts with a header line naming its columns "
+                        f"({', '.join(required)})")
+    if not lines[0].strip(" "):
+        raise UserError(f"{path}, line 1: blank; the first line is the header naming the columns")
+    columns = [name.strip(" ") for name in split_fields(lines[0], f"{path}, line 1")]
+    for name in required:
+        if columns.count(name) != 1:
+            problem = "is missing" if name not in columns else "appears twice"
+            raise UserError(f"{path}, line 1: column {name!r} {problem}; the header names {columns}")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip(" "):
+            continue
+        where = f"{path}, line {number}"
+        values = split_fields(line, where)
+        if len(values) != len(columns):
+            hint = ("a tab inside a field must be within a quoted field" if len(values) > len(columns)
+                    else "is the row cut short?")
+            raise UserError(f"{where}: {len(values)} tab-separated fields where the header names {len(columns)}; "
+                            + hint)
+        rows.append(Row(number, dict(zip(columns, values))))
+    if not rows:
+        raise UserError(f"{path} has a header but no rows")
+    return rows
+
+
+def split_fields(line: str, where: str) -> list[str]:
+    """The tab-separated fields of one line, with CSV quoting (see `read_table`)."""
+    fields, start = [], 0
+    while True:
+        if line.startswith('"', start):
+            parts, cursor = [], start + 1
+            while True:
+                close = line.find('"', cursor)
+                if close < 0:
+                    raise UserError(f"{where}: the quoted field that opens at column {start + 1} does not close on "
+                                    "this line; a row sits on one line, and a field that starts with a quote is "
+                                    'quoted whole, with each quote inside it doubled ("")')
+                parts.append(line[cursor:close])
+                if not line.startswith('"', close + 1):
+                    break
+                parts.append('"')
+                cursor = close + 2
+            fields.append("".join(parts))
+            end = close + 1
+            if end < len(line) and line[end] != "\t":
+                raise UserError(f"{where}: text after the closing quote of field {len(fields)} (column {end + 1}); "
+                                'a quote inside a quoted field is written twice ("")')
+        else:
+            end = line.find("\t", start)
+            end = len(line) if end < 0 else end
+            fields.append(line[start:end])
+        if end == len(line):
+            return fields
+        start = end + 1
+
 
 @dataclass
 class SentimentExample:
@@ -49,41 +163,18 @@ class SentimentExample:
     label: int | None  # None in the unlabelled test files
 
 
-def open_course_csv(path: str | Path, required: tuple[str, ...]) -> tuple[csv.DictReader, object]:
-    """A `csv.DictReader` over a course file (tab-separated, CRLF or LF), after checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `bash setup.sh` or copy the course data into data/")
-    handle = open(path, newline="", encoding="utf-8")
-    reader = csv.DictReader(handle, delimiter="\t")
-    missing = [column for column in required if column not in (reader.fieldnames or [])]
-    if missing:
-        handle.close()
-        raise ValueError(f"{path}, line 1: missing column(s) {', '.join(missing)}; found {reader.fieldnames}")
-    return reader, handle
-
-
 def read_sentiment(path: str | Path, num_labels: int, labelled: bool = True) -> list[SentimentExample]:
-    """Rows of an `ids-{sst,cfimdb}-*.csv` file. Extra columns (the test files' unnamed one) are ignored;
-    a row without an id or sentence, a repeated id, or a label outside 0..num_labels-1 is an error."""
-    required = ("id", "sentence", "sentiment") if labelled else ("id", "sentence")
-    reader, handle = open_course_csv(path, required)
-    examples, seen = [], set()
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            example_id, sentence = (row["id"] or "").strip(), (row["sentence"] or "").strip()
-            if not example_id:
-                raise ValueError(f"{where}: the row has no id")
-            if example_id in seen:
-                raise ValueError(f"{where}: id {example_id} appears twice")
-            if not sentence:
-                raise ValueError(f"{where}: id {example_id} has an empty sentence")
-            label = parse_label(row["sentiment"], num_labels, where) if labelled else None
-            seen.add(example_id)
-            examples.append(SentimentExample(example_id, sentence, label))
-    if not examples:
-        raise ValueError(f"{path} has no rows")
+    """Rows of an `ids-{sst,cfimdb}-*.csv` file, every one: a row without an id or sentence, a repeated id,
+    or a label outside 0..num_labels-1 is an error naming its line."""
+    rows = read_table(path, ("id", "sentence", "sentiment") if labelled else ("id", "sentence"))
+    examples, first_seen = [], {}
+    for row in rows:
+        where = f"{path}, line {row.line}"
+        example_id, sentence = read_id(row, where, first_seen), row.fields["sentence"].strip()
+        if not sentence:
+            raise UserError(f"{where}: id {example_id} has an empty sentence")
+        label = parse_label(row.fields["sentiment"], num_labels, where) if labelled else None
+        examples.append(SentimentExample(example_id, sentence, label))
     return examples
 
 
@@ -96,44 +187,47 @@ class ParaphraseExample:
 
 
 def read_paraphrase(path: str | Path, labelled: bool = True) -> list[ParaphraseExample]:
-    """Rows of a `quora-*.csv` file. As in the course files, labelled rows whose label is empty or not a
-    number are skipped and counted in one warning; a row without an id or a repeated id is an error."""
-    required = ("id", "sentence1", "sentence2", "is_duplicate") if labelled else ("id", "sentence1", "sentence2")
-    reader, handle = open_course_csv(path, required)
-    examples, seen, skipped = [], set(), []
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            example_id = (row["id"] or "").strip()
-            if not example_id:
-                raise ValueError(f"{where}: the row has no id")
-            if example_id in seen:
-                raise ValueError(f"{where}: id {example_id} appears twice")
-            seen.add(example_id)
-            label = None
-            if labelled:
-                try:
-                    label = parse_label(row["is_duplicate"], 2, where)
-                except ValueError:
-                    skipped.append(reader.line_num)
-                    continue
-            examples.append(ParaphraseExample(example_id, (row["sentence1"] or "").strip(),
-                                              (row["sentence2"] or "").strip(), label))
-    if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without a 0/1 label (lines "
-                      f"{', '.join(map(str, skipped[:10]))}{', ...' if len(skipped) > 10 else ''})")
+    """Rows of a `quora-*.csv` file, every one. As the course does, labelled rows whose label is empty are
+    skipped, and counted with their lines in one warning; any other label but 0 or 1 is an error."""
+    rows = read_table(path, ("id", "sentence1", "sentence2", "is_duplicate") if labelled
+                      else ("id", "sentence1", "sentence2"))
+    examples, first_seen, unlabelled = [], {}, []
+    for row in rows:
+        where = f"{path}, line {row.line}"
+        example_id = read_id(row, where, first_seen)
+        if labelled and not row.fields["is_duplicate"].strip():
+            unlabelled.append(row.line)
+            continue
+        label = parse_label(row.fields["is_duplicate"], 2, where) if labelled else None
+        examples.append(ParaphraseExample(example_id, row.fields["sentence1"].strip(),
+                                          row.fields["sentence2"].strip(), label))
+    if unlabelled:
+        warnings.warn(f"{path}: skipped {len(unlabelled)} row(s) with an empty label (line "
+                      f"{some_of(list(map(str, unlabelled)))})", stacklevel=2)
     if not examples:
-        raise ValueError(f"{path} has no usable rows")
+        raise UserError(f"{path} has no labelled rows")
     return examples
 
 
-def parse_label(text: str | None, num_labels: int, where: str) -> int:
+def read_id(row: Row, where: str, first_seen: dict[str, int]) -> str:
+    """The row's id: present, and not on an earlier line (`first_seen`, updated here)."""
+    example_id = row.fields["id"].strip()
+    if not example_id:
+        raise UserError(f"{where}: the row has no id")
+    if example_id in first_seen:
+        raise UserError(f"{where}: id {example_id} appears twice (first on line {first_seen[example_id]})")
+    first_seen[example_id] = row.line
+    return example_id
+
+
+def parse_label(text: str, num_labels: int, where: str) -> int:
+    """A class index written as an integer or an integral float ('1.0', as in the Quora files)."""
     try:
         value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: label {text!r} is not a number") from None
-    if value != int(value) or not 0 <= value < num_labels:
-        raise ValueError(f"{where}: label {text!r} is outside the label set 0..{num_labels - 1}")
+    except ValueError:
+        raise UserError(f"{where}: label {text.strip()!r} is not a number") from None
+    if not (math.isfinite(value) and value.is_integer() and 0 <= value < num_labels):
+        raise UserError(f"{where}: label {text.strip()!r} is outside the label set 0..{num_labels - 1}")
     return int(value)
 
 
@@ -150,81 +244,79 @@ def normalise_label(label: str) -> str:
     return str(int(number)) if number.is_integer() else label
 
 
-def read_gold_labels(path: str | os.PathLike, label_column: str | None = None) -> dict[str, str]:
-    """Normalised gold label by id from a labelled course CSV; rows with an empty label are skipped with a warning."""
-    gold, skipped, column = read_gold(Path(path), label_column)
-    if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} row(s) with an empty {column!r} label", stacklevel=2)
-    return gold
-
-
-def read_gold(path: Path, label_column: str | None) -> tuple[dict[str, str], set[str], str]:
-    """(label by id, ids of rows with an empty label, the label column used)."""
-    if not path.exists():
-        raise FileNotFoundError(f"gold file {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        try:
-            return read_gold_rows(path, reader, label_column)
-        except csv.Error as error:
-            raise ValueError(f"{path}, line {reader.line_num}: {error}") from error
-
-
-def read_gold_rows(path: Path, reader: csv.DictReader,
-                    label_column: str | None) -> tuple[dict[str, str], set[str], str]:
-    gold: dict[str, str] = {}
-    skipped: set[str] = set()
-    columns = reader.fieldnames or []
-    column = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
-    if column is None or column not in columns:
-        wanted = repr(label_column) if label_column else " or ".join(map(repr, LABEL_COLUMNS))
-        raise ValueError(f"{path}, line 1: no {wanted} label column; the columns are {columns}")
-    if "id" not in columns:
-        raise ValueError(f"{path}, line 1: no 'id' column; the columns are {columns}")
-    for row in reader:
-        # reader.line_num is the physical line just read, so it stays right past multi-line quoted fields
-        i = (row["id"] or "").strip()
-        if not i:
-            raise ValueError(f"{path}, line {reader.line_num}: empty id")
-        if i in gold or i in skipped:
-            raise ValueError(f"{path}, line {reader.line_num}: duplicate id {i!r}")
-        label = (row[column] or "").strip()
+def read_gold(path: str | Path, label_column: str | None = None) -> tuple[dict[str, str], list[str], str]:
+    """(normalised label by id, ids of rows with an empty label, the label column) of a labelled course CSV.
+    The label column is `label_column`, else whichever of sentiment / is_duplicate the header names."""
+    path = Path(path)
+    header = read_lines(path)[:1]
+    names = [name.strip(" ") for name in split_fields(header[0], f"{path}, line 1")] if header else []
+    column = label_column or next((name for name in LABEL_COLUMNS if name in names), None)
+    if column is None:
+        raise UserError(f"{path}, line 1: no {' or '.join(map(repr, LABEL_COLUMNS))} label column; the header "
+                        f"names {names}")
+    gold, unlabelled, first_seen = {}, [], {}
+    for row in read_table(path, ("id", column)):
+        example_id = read_id(row, f"{path}, line {row.line}", first_seen)
+        label = normalise_label(row.fields[column])
         if label:
-            gold[i] = normalise_label(label)
+            gold[example_id] = label
         else:
-            skipped.add(i)
-    return gold, skipped, column
+            unlabelled.append(example_id)
+    if not gold:
+        raise UserError(f"{path}: no row has a label in column {column!r}")
+    return gold, unlabelled, column
 
 
 # -----------------------------------------------------------------------------
 # sonnet files
 
 SONNET_HEADER = "--Generated Sonnets--"
+SONNET_NUMBER = re.compile(r"[0-9]+")
 
 
-def read_sonnets(path: str | Path) -> dict[int, list[str]]:
-    """Sonnets of a course file: a header, then each sonnet's number on a line of its own followed by its
-    lines (blank lines ignored, CRLF or LF). Sonnets of any length are kept (the course's 99 has 15 lines,
-    126 has 12); a number with no lines or a repeated number is an error naming the sonnet."""
+def read_sonnets(path: str | Path, prompt_lines: int | None = None) -> dict[int, list[str]]:
+    """The sonnets of a course sonnet file by number, exactly, or a `UserError` naming the line.
+
+    The file (encoding and line ends as `read_lines` accepts) is a header block, then each sonnet's number
+    on a line of its own followed by its lines; blank lines are ignored, and a sonnet line keeps its
+    indentation. Numbers count up by one from the first: a repeated, missing or misplaced number, a number
+    with no lines, or text after the header's blank lines but before the first number (a first sonnet
+    without its number) is refused. Sonnets of any length are kept (the course's 99 has 15 lines, 126 has
+    12); with `prompt_lines` (the held-out prompts), a sonnet of another length is warned about by name.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `bash setup.sh` or copy the course data into data/")
     sonnets: dict[int, list[str]] = {}
-    current = None
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_number, line in enumerate(f.read().splitlines(), start=1):
-            if line.strip().isdigit():
-                current = int(line)
-                if current in sonnets:
-                    raise ValueError(f"{path}, line {line_number}: sonnet {current} appears twice")
-                sonnets[current] = []
-            elif line.strip() and current is not None:
+    number_line: dict[int, int] = {}
+    header, current = "none", None  # header: "none" yet, "text", or "done" at the blank line after its text
+    for line_number, line in enumerate(read_lines(path), start=1):
+        text, where = line.strip(), f"{path}, line {line_number}"
+        if SONNET_NUMBER.fullmatch(text):
+            number = int(text)
+            if number in sonnets:
+                raise UserError(f"{where}: sonnet {number} appears twice (first on line {number_line[number]})")
+            if current is not None and number != current + 1:
+                raise UserError(f"{where}: sonnet {number} follows sonnet {current} (line {number_line[current]}); "
+                                f"the numbers count up by one, so is sonnet {current + 1}'s number line missing?")
+            current, sonnets[number], number_line[number] = number, [], line_number
+        elif current is not None:
+            if text:
                 sonnets[current].append(line.rstrip())
-    empty = [number for number, lines in sonnets.items() if not lines]
-    if empty:
-        raise ValueError(f"{path}: sonnet {empty[0]} has a number but no lines")
+        elif not text:
+            header = "done" if header == "text" else header
+        elif header == "done":
+            raise UserError(f"{where}: text after the header's blank line but before the first sonnet number; is "
+                            "the first sonnet's number line missing?")
+        else:
+            header = "text"
     if not sonnets:
-        raise ValueError(f"{path} holds no numbered sonnets")
+        raise UserError(f"{path} holds no numbered sonnets")
+    for number, lines in sonnets.items():
+        if not lines:
+            raise UserError(f"{path}, line {number_line[number]}: sonnet {number} has a number but no lines")
+        if prompt_lines is not None and len(lines) != prompt_lines:
+            hint = f" (is sonnet {number + 1}'s number line missing?)" if len(lines) > prompt_lines else ""
+            warnings.warn(f"{path}, line {number_line[number]}: prompt {number} has {len(lines)} lines, where a "
+                          f"held-out prompt has {prompt_lines}{hint}", stacklevel=2)
     return sonnets
 
 
@@ -264,6 +356,7 @@ def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; a hand-in file is not
         with open(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
@@ -274,28 +367,36 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def read_predictions(path: str | os.PathLike) -> dict[str, str]:
-    """Predicted label by id, in file order. The first line is the header; blank lines are skipped."""
+def current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it
+    os.umask(mask)
+    return mask
+
+
+def read_predictions(path: str | os.PathLike, labels: Collection[str] | None = None) -> dict[str, str]:
+    """Predicted label by id, in file order. The first line is the header; blank lines are skipped. With
+    `labels`, a prediction outside them (after `normalise_label`) is refused naming its id and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"predictions file {path} does not exist")
+    lines = read_lines(path)
+    if not lines or not lines[0].strip().lower().startswith("id"):
+        raise UserError(f"{path}, line 1: expected a header line starting with 'id', got "
+                        f"{(lines[0].strip() if lines else '')!r}")
     predictions: dict[str, str] = {}
-    with open(path, encoding="utf-8-sig") as f:  # text mode turns CRLF into "\n"; utf-8-sig drops a BOM
-        for number, line in enumerate(f, start=1):
-            if number == 1:
-                if not line.strip().lower().startswith("id"):
-                    raise ValueError(f"{path}, line 1: expected a header line starting with 'id', got {line.strip()!r}")
-                continue
-            if not line.strip():
-                continue
-            if "," not in line:
-                raise ValueError(f"{path}, line {number}: no comma between id and label in {line.strip()!r}")
-            i, label = (part.strip() for part in line.split(",", 1))
-            if not i:
-                raise ValueError(f"{path}, line {number}: empty id")
-            if not label:
-                raise ValueError(f"{path}, line {number}: empty label for id {i!r}")
-            if i in predictions:
-                raise ValueError(f"{path}, line {number}: duplicate id {i!r}")
-            predictions[i] = label
+    for number, line in enumerate(lines[1:], start=2):
+        where = f"{path}, line {number}"
+        if not line.strip():
+            continue
+        if "," not in line:
+            raise UserError(f"{where}: no comma between id and label in {line.strip()!r}")
+        i, label = (part.strip() for part in line.split(",", 1))
+        if not i:
+            raise UserError(f"{where}: empty id")
+        if not label:
+            raise UserError(f"{where}: empty label for id {i!r}")
+        if i in predictions:
+            raise UserError(f"{where}: duplicate id {i!r}")
+        if labels is not None and normalise_label(label) not in labels:
+            raise UserError(f"{where}: id {i} is predicted {label!r}, which is not in the gold file's label set "
+                            f"({', '.join(labels)})")
+        predictions[i] = label
     return predictions

@@ -1,7 +1,7 @@
 """Metrics: accuracy, macro-F1 and per-class scores for classification; chrF, distinct-n, the 14-line share
 and rhyme accuracy for sonnets; and minimum-Bayes-risk selection of generated texts by chrF."""
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pronouncing
 from sacrebleu.metrics import CHRF
@@ -17,8 +17,8 @@ RHYME_PAIRS = ((0, 2), (1, 3), (4, 6), (5, 7), (8, 10), (9, 11), (12, 13))
 # -----------------------------------------------------------------------------
 # classification
 
-def _label_order(labels: set[str]) -> list[str]:
-    # numeric labels by value ("2" before "10"), then any others alphabetically
+def label_order(labels: Collection[str]) -> list[str]:
+    """Numeric labels by value ("2" before "10"), then any others alphabetically."""
     def key(label: str) -> tuple:
         try:
             return (0, float(label), label)
@@ -27,19 +27,23 @@ def _label_order(labels: set[str]) -> list[str]:
     return sorted(labels, key=key)
 
 
-def classification_metrics(golds: Sequence, preds: Sequence, labels: Sequence | None = None) -> dict:
+def classification_metrics(golds: Sequence, preds: Sequence, labels: Sequence) -> dict:
     """Accuracy, macro-F1, per-class scores and the confusion matrix; labels are compared as strings.
 
-    `labels` fixes the order of classes (default: all labels seen, numerically sorted). The confusion
-    matrix has one row per gold class and one column per predicted class. When the classes are exactly
-    {0, 1}, `precision`, `recall` and `f1` of the positive class 1 are added.
+    `labels` is the task's label set, in order: macro-F1 averages over exactly these classes (a class that
+    is never predicted counts as F1 0), and a gold or predicted label outside them is an error. The
+    confusion matrix has one row per gold class and one column per predicted class. When the classes are
+    exactly {0, 1}, `precision`, `recall` and `f1` of the positive class 1 are added.
     """
     golds, preds = [str(g) for g in golds], [str(p) for p in preds]
     if len(golds) != len(preds):
         raise ValueError(f"{len(golds)} gold labels but {len(preds)} predictions")
     if not golds:
         raise ValueError("no examples to score")
-    order = [str(label) for label in labels] if labels is not None else _label_order(set(golds) | set(preds))
+    order = [str(label) for label in labels]
+    outside = sorted(set(golds + preds) - set(order))
+    if outside:
+        raise ValueError(f"label(s) {', '.join(outside)} are not in the label set {', '.join(order)}")
     precision, recall, f1, support = precision_recall_fscore_support(
         golds, preds, labels=order, average=None, zero_division=0)
     metrics = {

@@ -19,7 +19,7 @@ def build_gpt2(settings: ModelSettings) -> GPT2Model:
     compiled and with activation checkpointing if asked."""
     if settings.init == "random":
         if settings.model_path:
-            config = GPT2Config.from_hf_dict(hf_checkpoint.read_config(settings.model_path))
+            config = hf_checkpoint.load_config(settings.model_path)
         else:
             config = GPT2Config.from_preset(settings.model_size)
         model = GPT2Model(config)

@@ -9,6 +9,7 @@ import os
 import string
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -71,12 +72,18 @@ def from_flags(cls: type, flags: argparse.Namespace) -> Any:
 
 @contextmanager
 def user_errors_end_in_one_line(prog: str) -> Iterator[None]:
-    """A `UserError` raised inside ends the script with one line on stderr and exit status 2."""
-    try:
-        yield
-    except UserError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """A `UserError` raised inside ends the script with one line on stderr and exit status 2; a warning is
+    one line on stderr too, without the source line Python would show."""
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            yield
+        except UserError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 # -----------------------------------------------------------------------------
@@ -141,8 +148,8 @@ class ModelSettings:
     @property
     def num_layers(self) -> int:
         """GPT-2 layers of the model these settings build, read without loading it."""
-        if self.model_path is not None:
-            return hf_checkpoint.read_config(self.model_path)["n_layer"]
+        if self.model_path is not None:  # refuses a damaged or foreign config.json at start-up
+            return hf_checkpoint.load_config(self.model_path).num_hidden_layers
         return PRESETS[self.model_size]["num_hidden_layers"]
 
 
