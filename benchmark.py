@@ -1,6 +1,7 @@
 """Benchmark our GPT-2 against Hugging Face transformers' GPT2LMHeadModel holding the same weights:
-training throughput (forward + backward of the language-modelling loss), greedy decoding speed, and
-the AdamW step against torch.optim.AdamW.
+training throughput (forward + backward of the language-modelling loss), the whole paraphrase training
+step against the usual way (full-vocabulary logits, torch's AdamW) with the Quora epoch it projects,
+greedy and top-p decoding speed, and the AdamW step against torch.optim.AdamW (fused and foreach).
 
     python benchmark.py                                   # 124M shape, random weights, CPU or GPU
     python benchmark.py --device cuda --dtype bfloat16 --model_size gpt2-medium --compile
@@ -17,8 +18,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+import paraphrase_detection
 from config import END_OF_TEXT_ID, PRESETS
-from models.decoding import greedy_decode
+from datasets import BATCH_PADDING
+from models.decoding import DecodingConfig, generate, greedy_decode
 from models.gpt2 import GPT2Model
 from optimizer import AdamW
 
@@ -27,8 +30,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 RUN_DEFAULTS = {
     "batch_size": (4, 8), "seq_len": (128, 1024), "warmup": (2, 5), "iters": (5, 20),
     "gen_batch": (4, 8), "prompt_len": (32, 32), "new_tokens": (64, 256), "gen_iters": (2, 3),
-    "adam_iters": (10, 20),
+    "adam_iters": (10, 20), "para_iters": (2, 10),
 }
+PARAPHRASE_BATCHES = ([8, 64], [8, 64, 256])
 ADAMW_SETTINGS = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
@@ -44,8 +48,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1337)
     for name, (cpu, gpu) in RUN_DEFAULTS.items():
         parser.add_argument(f"--{name}", type=int, help=f"default {cpu} on CPU, {gpu} on GPU")
+    parser.add_argument("--para_batches", type=int, nargs="+",
+                        help=f"paraphrase step batch sizes; default {PARAPHRASE_BATCHES[0]} on CPU, "
+                             f"{PARAPHRASE_BATCHES[1]} on GPU")
     args = parser.parse_args()
     on_gpu = args.device.type == "cuda"
+    args.para_batches = args.para_batches or PARAPHRASE_BATCHES[on_gpu]
     for name, (cpu, gpu) in RUN_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, gpu if on_gpu else cpu)
@@ -181,17 +189,99 @@ def bench_decoding(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: 
 
 
 def bench_adamw(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds per step of our AdamW and torch's foreach AdamW over the model's parameters."""
+    """Seconds per step of our AdamW and torch's fused and foreach AdamW over the model's parameters, with
+    weight decay (nanoGPT's settings) and without (the task scripts' default)."""
     params = list(model.parameters())
     for p in params:  # any gradient will do: the step costs the same whatever the values
         p.grad = torch.randn_like(p)
-    optimizers = {"ours": AdamW(params, **ADAMW_SETTINGS),
-                  "torch": torch.optim.AdamW(params, **ADAMW_SETTINGS, foreach=True)}
-    times, _ = interleaved_times({name: opt.step for name, opt in optimizers.items()},
-                                 1, args.adam_iters, args.device)
-    for name, seconds in times.items():
-        print(f"AdamW step {name:>6}: {seconds * 1e3:9.1f} ms")
+    times = {}
+    for decay in (ADAMW_SETTINGS["weight_decay"], 0.0):
+        settings = {**ADAMW_SETTINGS, "weight_decay": decay}
+        optimizers = {"ours": AdamW(params, **settings),
+                      "torch fused": torch.optim.AdamW(params, **settings, fused=True),
+                      "torch foreach": torch.optim.AdamW(params, **settings, foreach=True)}
+        measured, _ = interleaved_times({name: opt.step for name, opt in optimizers.items()},
+                                        1, args.adam_iters, args.device)
+        for name, seconds in measured.items():
+            print(f"AdamW step, weight decay {decay:g}, {name:>13}: {seconds * 1e3:9.1f} ms")
+            times[f"{name}, decay {decay:g}"] = seconds
+    for p in params:
+        p.grad = None
     return times
+
+
+def paraphrase_batch(batch_size: int, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Right-padded prompts of 30 to 60 tokens (the course's Quora prompts average about 45) and labels."""
+    lengths = torch.randint(30, 61, (batch_size,))
+    ids = torch.randint(0, END_OF_TEXT_ID, (batch_size, int(lengths.max())))
+    mask = (torch.arange(ids.size(1)) < lengths[:, None]).long()
+    batch = {"input_ids": ids.masked_fill(mask == 0, END_OF_TEXT_ID), "attention_mask": mask,
+             "labels": torch.randint(0, 2, (batch_size,))}
+    return {name: tensor.to(args.device) for name, tensor in batch.items()}
+
+
+def bench_paraphrase(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: argparse.Namespace,
+                     amp: Callable[[], AbstractContextManager]) -> dict[int, dict[str, float]]:
+    """Pairs per second of a whole paraphrase training step at each batch size: ours is the task script's
+    (the cloze head's two label-word logits, our AdamW); the usual way scores the last real token's
+    full-vocabulary logits with transformers' GPT2LMHeadModel and steps torch.optim.AdamW at its defaults."""
+    model = paraphrase_detection.ParaphraseGPT(ours, "cloze", head_dropout=0.0, dropout_samples=1).train()
+    theirs.train()
+    label_tokens = torch.tensor(paraphrase_detection.NO_YES, device=args.device)
+
+    def our_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)["logits"]
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def their_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = theirs(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        last = logits[torch.arange(len(logits), device=args.device), batch["attention_mask"].sum(1) - 1]
+        return F.cross_entropy(last.float(), label_tokens[batch["labels"]])
+
+    def step(module: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+             batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with amp():
+                loss = loss_fn(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    results = {}
+    for batch_size in args.para_batches:
+        batch = paraphrase_batch(batch_size, args)
+        steps = {"ours": step(model, our_loss, AdamW(model.parameters(), lr=1e-5), batch),
+                 "usual": step(theirs, their_loss, torch.optim.AdamW(theirs.parameters(), lr=1e-5), batch)}
+        times, _ = interleaved_times(steps, 1, args.para_iters, args.device)
+        results[batch_size] = {name: batch_size / seconds for name, seconds in times.items()}
+        for name, seconds in times.items():
+            print(f"paraphrase step, batch {batch_size:>3}, {name:>5}: {seconds * 1e3:9.1f} ms  "
+                  f"{batch_size / seconds:9.1f} pairs/s  (a Quora epoch: "
+                  f"{paraphrase_detection.FULL_QUORA_PAIRS / (batch_size / seconds) / 60:.1f} min)")
+    return results
+
+
+def bench_sampling(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: argparse.Namespace,
+                   amp: Callable[[], AbstractContextManager]) -> dict[str, float]:
+    """New tokens per second of top-p sampling (the course's sonnet decoding: p 0.9, temperature 1.2)."""
+    prompt = torch.randint(0, END_OF_TEXT_ID, (args.gen_batch, args.prompt_len), device=args.device)
+    mask = torch.ones_like(prompt)
+    config = DecodingConfig(strategy="sample", temperature=1.2, top_p=0.9, max_new_tokens=args.new_tokens)
+    ours.eval()
+    theirs.eval()
+    samplers = {
+        "ours": lambda: generate(ours, prompt, mask, config),
+        "transformers": lambda: theirs.generate(
+            prompt, attention_mask=mask, do_sample=True, temperature=1.2, top_p=0.9, top_k=0,
+            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=END_OF_TEXT_ID),
+    }
+    with torch.inference_mode(), amp():
+        times, _ = interleaved_times(samplers, 1, args.gen_iters, args.device)
+    tokens = args.gen_batch * args.new_tokens
+    for name, seconds in times.items():
+        print(f"sample top-p {name:>12}: {seconds:8.2f} s  {tokens / seconds:9.1f} new tokens/s")
+    return {name: tokens / seconds for name, seconds in times.items()}
 
 
 def describe(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: argparse.Namespace) -> None:
@@ -229,23 +319,35 @@ def main() -> None:
     ours, theirs = load_models(args)
     describe(ours, theirs, args)
     decode, identical = bench_decoding(ours, theirs, args, amp)  # first: --compile applies to training only
+    sampling = bench_sampling(ours, theirs, args, amp)
     train = bench_training(ours, theirs, args, amp)
+    paraphrase = bench_paraphrase(ours, theirs, args, amp)
     del theirs  # the optimizers' state needs the room on large models
     adamw = bench_adamw(ours, args)
 
     memory = [("train peak GiB: ours / transformers", train["ours peak GiB"], train["transformers peak GiB"],
                train["ours peak GiB"] / train["transformers peak GiB"])] if "ours peak GiB" in train else []
+    decay = f"{ADAMW_SETTINGS['weight_decay']:g}"
     print_table([
         ("train tokens/s: ours / transformers", train["ours"], train["transformers"],
          train["ours"] / train["transformers"]),
         *memory,
+        *[(f"paraphrase step pairs/s, batch {size}: ours / usual", rates["ours"], rates["usual"],
+           rates["ours"] / rates["usual"]) for size, rates in paraphrase.items()],
         ("decode tokens/s: cache / recompute", decode["ours cache"], decode["ours recompute"],
          decode["ours cache"] / decode["ours recompute"]),
         ("decode tokens/s: cache / transformers", decode["ours cache"], decode["transformers"],
          decode["ours cache"] / decode["transformers"]),
-        ("AdamW ms/step: speed vs torch foreach", adamw["ours"] * 1e3, adamw["torch"] * 1e3,
-         adamw["torch"] / adamw["ours"]),
+        ("sample top-p tokens/s: ours / transformers", sampling["ours"], sampling["transformers"],
+         sampling["ours"] / sampling["transformers"]),
+        *[(f"AdamW ms/step, decay {d}: torch {kind} / ours", adamw[f"ours, decay {d}"] * 1e3,
+           adamw[f"torch {kind}, decay {d}"] * 1e3, adamw[f"torch {kind}, decay {d}"] / adamw[f"ours, decay {d}"])
+          for d in (decay, "0") for kind in ("fused", "foreach")],
     ])
+    biggest = max(paraphrase)
+    minutes = paraphrase_detection.FULL_QUORA_PAIRS / paraphrase[biggest]["ours"] / 60
+    print(f"projected Quora epoch ({paraphrase_detection.FULL_QUORA_PAIRS:,} pairs) at batch {biggest}: "
+          f"{minutes:.1f} min")
     note = "" if dtype == torch.float32 else " (exact match is expected in float32 only)"
     print(f"greedy tokens of ours (cache) and transformers identical: {'yes' if identical else 'NO'}{note}")
 

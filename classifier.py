@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 import evaluation
 from config import FREE, require, require_range, setting
-from datasets import EpochBatches, seeded_sample, tokenize_sentiment
+from datasets import BATCH_PADDING, EpochBatches, seeded_sample, tokenize_sentiment
 from models.gpt2 import GPT2Model
 from modules.pooling import POOLING, Pooler
 from training.checkpoints import seed_everything
@@ -29,6 +29,7 @@ from training.model_setup import apply_strategy, build_gpt2, count_parameters, g
 from training.run_dir import Run, plan_run
 from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_template, require_writable,
                                settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.token_cache import cached_tokens
 
 COURSE_DEFAULTS = {  # the course's learning rates per mode and batch sizes per dataset
     "lr": {"last-linear-layer": 1e-3, "full-model": 1e-5},
@@ -147,8 +148,9 @@ class SentimentClassifier(nn.Module):
             self.dropout = nn.Dropout(head_dropout)
             self.classifier = nn.Linear(gpt.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.gpt(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                padding: str | None = None) -> torch.Tensor:
+        out = self.gpt(input_ids, attention_mask, padding=padding)
         if self.cloze:
             return self.gpt.token_logits(out["last_token"], self.label_token_ids)
         pooled = self.pooler(out["last_hidden_state"], attention_mask, out["last_token"])
@@ -184,8 +186,8 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
     gpt = build_gpt2(settings.model)
     template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
     max_len = gpt.config.max_position_embeddings
-    train_data, dev, test = (tokenize_sentiment(examples[split], tokenizer, template, max_len,
-                                                str(task.data_file(dataset, split))) for split in SPLITS)
+    train_data, dev, test = (cached_tokens(tokenize_sentiment, examples[split], tokenizer, template, max_len,
+                                           str(task.data_file(dataset, split))) for split in SPLITS)
 
     apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
     model = SentimentClassifier(gpt, num_labels, task.pooling, task.head_dropout, words).to(device)
@@ -193,7 +195,7 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
     precision = settings.model.precision
 
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["input_ids"], batch["attention_mask"])
+        return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
 
     def evaluate() -> dict[str, float]:
         scores = predict(model, dev.batches(4 * train.batch_size, shuffle=False), device, precision, logits,

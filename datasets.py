@@ -3,7 +3,7 @@ themselves are read by `training.course_files`."""
 import random
 import string
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -13,6 +13,10 @@ from config import END_OF_TEXT_ID, UserError
 from training.course_files import ParaphraseExample, SentimentExample
 
 Item = TypeVar("Item")
+
+# Every batch built here (`pad_to_longest`, `TokenizedDataset.batches`, `EpochBatches`) is right-padded: pass
+# this as GPT2Model's `padding`, so the model need not read the mask on the device to find out.
+BATCH_PADDING = "right"
 
 
 def seeded_sample(items: list[Item], limit: int, seed: int) -> list[Item]:
@@ -67,13 +71,18 @@ class TokenizedDataset:
     tokens: list[list[int]]
     labels: list[int] | None
     mirror: list[list[int]] | None = None  # the pairs with their sentences swapped (GPT-1's symmetric input)
+    # evaluation batches by (batch size, pad id): the same every epoch, so built once
+    evaluation_batches: dict[tuple[int, int], list[dict]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def batches(self, batch_size: int, shuffle: bool, seed: int = 0, pad_id: int = END_OF_TEXT_ID) -> list[dict]:
-        """Padded batches; each holds `indices` into the dataset so predictions map back to their rows. With
-        a mirror, a batch of B examples has 2B rows: the B pairs, then the same pairs swapped."""
+        """Right-padded batches (`BATCH_PADDING`); each holds `indices` into the dataset so predictions map
+        back to their rows. With a mirror, a batch of B examples has 2B rows: the B pairs, then the same pairs
+        swapped. Evaluation batches (no shuffle) are built once and then reused."""
+        if not shuffle and (batch_size, pad_id) in self.evaluation_batches:
+            return self.evaluation_batches[batch_size, pad_id]
         lengths = [len(tokens) for tokens in self.tokens]
         batches = []
         for indices in batch_indices(lengths, batch_size, shuffle, seed):
@@ -83,6 +92,8 @@ class TokenizedDataset:
             if self.labels is not None:
                 batch["labels"] = torch.tensor([self.labels[i] for i in indices])
             batches.append(batch)
+        if not shuffle:
+            self.evaluation_batches[batch_size, pad_id] = batches
         return batches
 
 
@@ -93,9 +104,12 @@ class EpochBatches:
     data: TokenizedDataset
     batch_size: int
     seed: int
+    built: tuple[int, list[dict]] | None = field(default=None, init=False, repr=False)  # the last epoch's
 
     def __call__(self, epoch: int) -> list[dict]:
-        return self.data.batches(self.batch_size, shuffle=True, seed=self.seed + epoch)
+        if self.built is None or self.built[0] != epoch:  # asked again for one epoch, it is built once
+            self.built = (epoch, self.data.batches(self.batch_size, shuffle=True, seed=self.seed + epoch))
+        return self.built[1]
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)  # every window but the last holds whole batches
@@ -136,7 +150,7 @@ def tokenize_paraphrase(examples: list[ParaphraseExample], tokenizer: PreTrained
 
 
 def pad_to_longest(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded `[B, longest]` token ids and the attention mask (1 for real tokens)."""
+    """Right-padded (`BATCH_PADDING`) `[B, longest]` token ids and the attention mask (1 for real tokens)."""
     longest = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)

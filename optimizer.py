@@ -10,45 +10,32 @@ Per parameter p with gradient g at step t (starting at 1):
 
 Unlike torch.optim.AdamW, weight decay is applied after the Adam update (torch: before)
 and eps is added to the uncorrected sqrt(v) (torch: to sqrt(v / (1 - beta2^t))).
+
+The update runs in PyTorch's fused AdamW kernel, one pass over each parameter's memory on CPU and GPU,
+with its hyper-parameters chosen so that it computes the definition above. The kernel computes
+
+    p = p - (lr_k / bc1) * m / (sqrt(v) / sqrt(bc2) + eps_k)        (bc_i = 1 - beta_i^t)
+
+so lr_k = step_size * bc1 / sqrt(bc2) and eps_k = eps / sqrt(bc2) give step_size * m / (sqrt(v) + eps)
+exactly in real arithmetic (float32 rounding differs from the eager definition by an ulp here and there).
+The kernel's own weight decay multiplies p by (1 - lr * wd) rounded to the parameter's precision, which
+skews a small decay (lr * wd = 1e-7 would decay 19% too much in float32), and comes before the update; so
+the decay is a second pass, as defined, and only when weight_decay is not 0.
 """
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.optim.optimizer import ParamsT
 
 
-# On the CPU a fresh sqrt(v) buffer the size of the model costs page faults at every step; slices of
-# 2M elements (8 MB in float32) keep that scratch memory small and reused. CUDA's caching allocator
-# reuses the whole buffer, and there one list per kernel means fewer launches.
-CPU_SLICE = 2**21
-
-
-def slices(device: torch.device, *lists: list[torch.Tensor]) -> Iterator[tuple[list[torch.Tensor], ...]]:
-    """The same tensors, as flat views in groups of about CPU_SLICE elements when on the CPU."""
-    if device.type != "cpu":
-        yield lists
-        return
-    group: tuple[list[torch.Tensor], ...] = tuple([] for _ in lists)
-    size = 0
-    for tensors in zip(*lists):
-        if not all(tensor.is_contiguous() for tensor in tensors):  # a flat view needs contiguous memory
-            for views, tensor in zip(group, tensors):
-                views.append(tensor)
-            size += tensors[0].numel()
-            continue
-        for start in range(0, tensors[0].numel(), CPU_SLICE):
-            for views, tensor in zip(group, tensors):
-                views.append(tensor.view(-1)[start:start + CPU_SLICE])
-            size += group[0][-1].numel()
-            if size >= CPU_SLICE:
-                yield group
-                group, size = tuple([] for _ in lists), 0
-    if group[0]:
-        yield group
+def in_layout_of(param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, laid out in memory as `param` is: the fused kernel walks each tensor's memory in order, so a
+    transposed parameter with a contiguous gradient would pair the wrong elements."""
+    return tensor if tensor.stride() == param.stride() else torch.empty_like(param).copy_(tensor)
 
 
 class AdamW(torch.optim.Optimizer):
@@ -85,11 +72,10 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # Parameters whose hyper-parameters and step agree share one kernel call, whichever group they are in.
+        buckets: dict[tuple, tuple[list, list, list, list]] = defaultdict(lambda: ([], [], [], []))
         for group in self.param_groups:
-            # Bucket by (device, dtype, step): foreach kernels want uniform tensor lists and a
-            # shared step count lets the bias correction be one host-side float per bucket.
-            # In normal training every param of a group has the same step, so there is one bucket.
-            buckets: dict[tuple, tuple[list, list, list, list]] = defaultdict(lambda: ([], [], [], []))
+            settings = (group["lr"], *group["betas"], group["eps"], group["weight_decay"], group["correct_bias"])
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -101,26 +87,24 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                params, grads, exp_avgs, exp_avg_sqs = buckets[(p.device, p.dtype, int(state["step"]))]
+                for name in ("exp_avg", "exp_avg_sq"):  # e.g. loaded from a state dict as contiguous tensors
+                    state[name] = in_layout_of(p, state[name])
+                params, grads, exp_avgs, exp_avg_sqs = buckets[(p.device, p.dtype, int(state["step"]), *settings)]
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(in_layout_of(p, p.grad))
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
 
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            for (device, _, t), (params, grads, exp_avgs, exp_avg_sqs) in buckets.items():
-                # mul+add rather than lerp keeps the definition's rounding, so we match it bit for bit
-                torch._foreach_mul_(exp_avgs, beta1)
-                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-                torch._foreach_mul_(exp_avg_sqs, beta2)
-                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) if group["correct_bias"] else lr
-                for param_slice, exp_avg_slice, exp_avg_sq_slice in slices(device, params, exp_avgs, exp_avg_sqs):
-                    denom = torch._foreach_sqrt(exp_avg_sq_slice)
-                    torch._foreach_add_(denom, eps)
-                    torch._foreach_addcdiv_(param_slice, exp_avg_slice, denom, value=-step_size)
-                if wd != 0.0:
-                    # not mul_(1 - lr*wd): rounding that factor to float32 would skew a ~1e-5 decay by up to ~0.3%
-                    torch._foreach_add_(params, params, alpha=-lr * wd)
+        for (device, _, t, lr, beta1, beta2, eps, wd, correct_bias), tensors in buckets.items():
+            params, grads, exp_avgs, exp_avg_sqs = tensors
+            bc1, root_bc2 = 1 - beta1**t, math.sqrt(1 - beta2**t)
+            step_size = lr * root_bc2 / bc1 if correct_bias else lr
+            # the kernel reads t from a tensor on the parameters' device: made there, so no copy from the host
+            step = torch.full((), float(t), dtype=torch.float32, device=device)
+            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
+                                lr=step_size * bc1 / root_bc2, beta1=beta1, beta2=beta2, weight_decay=0.0,
+                                eps=eps / root_bc2, amsgrad=False, maximize=False)
+            if wd != 0.0:
+                # not mul_(1 - lr*wd): rounding that factor would skew a small decay (see the module docstring)
+                torch._foreach_add_(params, params, alpha=-lr * wd)
         return loss

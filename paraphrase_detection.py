@@ -15,7 +15,7 @@ from torch import nn
 
 import evaluation
 from config import FREE, require, require_range, setting
-from datasets import EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
+from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
@@ -30,6 +30,7 @@ from training.model_setup import apply_strategy, build_gpt2, count_parameters, t
 from training.run_dir import plan_run
 from training.settings import (FlagParser, ScriptSettings, require_input_file, require_template, require_writable,
                                settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.token_cache import cached_tokens
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
 NO_YES = [3919, 8505]  # class 0 is the token "no", class 1 the token "yes"
@@ -111,8 +112,9 @@ class ParaphraseGPT(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         self.dropout_samples = dropout_samples
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.gpt(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                padding: str | None = None) -> dict[str, torch.Tensor]:
+        out = self.gpt(input_ids, attention_mask, padding=padding)
         pooled = out["last_token"] if self.cloze else self.pooler(out["last_hidden_state"], attention_mask,
                                                                   out["last_token"])
         samples = self.dropout_samples if self.training else 1
@@ -132,11 +134,11 @@ def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
 
 def paraphrase_loss(model: ParaphraseGPT, batch: dict[str, torch.Tensor], task: ParaphraseSettings) -> torch.Tensor:
     """Cross-entropy on the decision, plus whichever auxiliary losses the settings turn on."""
-    first = model(batch["input_ids"], batch["attention_mask"])
+    first = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
     logits = combine_orders(first["logits"], task.symmetric)
     loss = F.cross_entropy(logits, batch["labels"], label_smoothing=task.label_smoothing)
     if task.rdrop or task.contrastive:
-        second = model(batch["input_ids"], batch["attention_mask"])
+        second = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
         if task.rdrop:
             other = combine_orders(second["logits"], task.symmetric)
             loss = (loss + F.cross_entropy(other, batch["labels"], label_smoothing=task.label_smoothing)) / 2
@@ -193,7 +195,7 @@ def main(argv: list[str]) -> None:
         template = shots + task.prompt
         train_examples = seeded_sample(train_examples, train.train_limit, train.seed)
         train_data, dev, test = (
-            tokenize_paraphrase(examples, tokenizer, template, max_len, str(path), task.symmetric)
+            cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
             for examples, path in ((train_examples, task.para_train), (dev_examples, task.para_dev),
                                    (test_examples, task.para_test)))
         apply_strategy(gpt, settings.strategy)
@@ -202,7 +204,8 @@ def main(argv: list[str]) -> None:
         precision = settings.model.precision
 
         def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return combine_orders(model(batch["input_ids"], batch["attention_mask"])["logits"], task.symmetric)
+            out = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
+            return combine_orders(out["logits"], task.symmetric)
 
         def evaluate() -> dict[str, float]:
             scores = predict(model, dev.batches(task.eval_batch_size, shuffle=False), device, precision, logits,

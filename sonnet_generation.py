@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 import evaluation
 from config import END_OF_TEXT_ID, FREE, UserError, require_range, setting
-from datasets import EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
+from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
 from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss, unlikelihood_loss
@@ -183,21 +183,23 @@ def perplexity(model: GPT2Model, data: TokenizedDataset, batch_size: int, precis
                device: torch.device) -> float:
     """exp of the mean next-token loss per real token over `data`."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # the sum stays on the device
     for batch in items_for_this_process(data.batches(batch_size, shuffle=False)):
+        tokens = int(batch["attention_mask"][:, 1:].sum())  # counted on the host, before the copy
         batch = to_device(batch, device)
         with autocast(device, precision):
-            hidden = model(batch["input_ids"], batch["attention_mask"])["last_hidden_state"]
+            hidden = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)["last_hidden_state"]
             loss = language_model_loss(model.hidden_state_to_token(hidden), batch["input_ids"],
                                        batch["attention_mask"])
-        tokens = int(batch["attention_mask"][:, 1:].sum())
-        total, count = total + loss.item() * tokens, count + tokens
-    total, count = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=device)).tolist()
+        total, count = total + loss.double() * tokens, count + tokens
+    counted = torch.tensor([count], dtype=torch.float64, device=device)
+    total, count = all_reduce_sum(torch.cat([total.reshape(1), counted])).tolist()
     return math.exp(total / count)
 
 
 def sonnet_loss(model: GPT2Model, batch: dict[str, torch.Tensor], unlikelihood: float) -> torch.Tensor:
-    logits = model.hidden_state_to_token(model(batch["input_ids"], batch["attention_mask"])["last_hidden_state"])
+    hidden = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)["last_hidden_state"]
+    logits = model.hidden_state_to_token(hidden)
     loss = language_model_loss(logits, batch["input_ids"], batch["attention_mask"])
     if unlikelihood:
         loss = loss + unlikelihood * unlikelihood_loss(logits, batch["input_ids"], batch["attention_mask"])

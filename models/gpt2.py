@@ -15,6 +15,21 @@ from modules.gpt2_layer import GPT2Layer
 from modules.prefix import PrefixTuning
 
 
+# Where an attention mask's pads may be (`GPT2Model.forward`); None: unknown, the mask is read to find out.
+PADDING = (None, "right", "left")
+
+
+def mark_lengths_dynamic(x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Have torch.compile treat the batch and sequence sizes of a layer's inputs as symbols from the first
+    call, instead of compiling once for the first shape and again when it changes. "maybe": sizes 0 and 1,
+    which compile as constants, are allowed."""
+    for dim in (0, 1):
+        torch._dynamo.maybe_mark_dynamic(x, dim)
+    if mask is not None:  # [B, 1, T, S]
+        for dim in (0, 2, 3):
+            torch._dynamo.maybe_mark_dynamic(mask, dim)
+
+
 class GPT2Model(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -44,10 +59,18 @@ class GPT2Model(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: list[KVCache] | None = None) -> dict[str, torch.Tensor]:
+                cache: list[KVCache] | None = None, padding: str | None = None) -> dict[str, torch.Tensor]:
         """`input_ids` is `[B, T]`; `attention_mask` is 1 for real tokens, 0 for padding, and with a cache
         covers the cached tokens too (`[B, cached + T]`). Returns `last_hidden_state` `[B, T, H]` and
-        `last_token` `[B, H]`, the state of each row's last real token."""
+        `last_token` `[B, H]`, the state of each row's last real token.
+
+        `padding` tells where the mask's pads are, so that the model need not look (a look at a tensor on
+        the GPU waits for the GPU): "right", no real token after a pad in any row (with a cache, over the
+        cached and new tokens), as `datasets` builds its batches; the causal mask then gives the same
+        outputs at every real token. "left", pads may come anywhere (before the tokens, in generation): the
+        full key mask is built. None, the mask is read on the device to decide."""
+        if padding not in PADDING:
+            raise ValueError(f"padding must be one of {', '.join(map(repr, PADDING))}, got {padding!r}")
         batch, seq_len = input_ids.shape
         if cache is None and self.prefix is not None:  # the prefix's keys and values live in a cache
             cache = self.new_cache(seq_len)
@@ -63,23 +86,35 @@ class GPT2Model(nn.Module):
         positions = self.position_ids(attention_mask, past, seq_len, input_ids.device)
         x = self.embedding_dropout(self.word_embedding(input_ids) + self.position_embedding(positions))
         real_keys = None if attention_mask is None else F.pad(attention_mask, (prefix, 0), value=1)
-        mask = self.key_mask(real_keys, seq_len)
+        mask = self.key_mask(real_keys, seq_len, padding)
         for i, layer in enumerate(self.layers):
             if cache:
                 x = layer(x, mask, cache[i])
                 continue
-            run = self.compiled_layers[i] if self.compiled_layers else layer
+            run = layer
+            if self.compiled_layers:
+                run = self.compiled_layers[i]
+                mark_lengths_dynamic(x, mask)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(run, x, mask, use_reentrant=False)
             else:
                 x = run(x, mask)
         x = self.final_layer_norm(x)
-        return {"last_hidden_state": x, "last_token": x[torch.arange(batch), self.last_index(attention_mask, seq_len)]}
+        if attention_mask is None:
+            last_token = x[:, -1]
+        else:  # index tensors made on x's device: a CPU index would be copied over at every call
+            rows = torch.arange(batch, device=x.device)
+            last_token = x[rows, self.last_index(attention_mask, seq_len)]
+        return {"last_hidden_state": x, "last_token": last_token}
 
-    def compile_layers(self) -> None:
-        """torch.compile the layers for passes without a cache (training, scoring). Layer by layer, one
-        compiled graph serves every layer; decoding with the cache stays eager, where shapes change each step."""
-        self.compiled_layers = [torch.compile(layer) for layer in self.layers]
+    def compile_layers(self, **options: Any) -> None:
+        """torch.compile the layers for passes without a cache (training, scoring); `options` go to
+        torch.compile (tests pass `backend="eager"`, `fullgraph=True`). Layer by layer, one compiled graph
+        serves every layer, and the batch and sequence dimensions are compiled dynamic, so batches of any
+        length reuse it: one graph per mode (training, scoring) and kind of mask (none, or a key mask), and
+        in training one more where frozen layers below (LoRA, frozen embeddings) give a layer an input that
+        needs no gradient. Decoding with the cache stays eager, where shapes change each step."""
+        self.compiled_layers = [torch.compile(layer, **options) for layer in self.layers]
 
     @staticmethod
     def position_ids(attention_mask: torch.Tensor | None, past: int, seq_len: int,
@@ -90,19 +125,21 @@ class GPT2Model(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
 
     @staticmethod
-    def key_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    def key_mask(attention_mask: torch.Tensor | None, seq_len: int, padding: str | None = None) -> torch.Tensor | None:
         """`[B, 1, T, S]` keys each query may attend to, or None when the causal mask gives the same
         outputs at every real token: no padding, or padding only after the last real token (right
-        padding), which the causal mask already hides from real tokens."""
-        if attention_mask is None:
+        padding), which the causal mask already hides from real tokens. `padding` as in `forward`: only
+        when it is None is the mask read (on its device) to find out."""
+        if attention_mask is None or padding == "right":
             return None
         real = attention_mask.bool()
         num_keys = real.size(1)
-        if seq_len == num_keys:
-            if not (real[:, 1:] & ~real[:, :-1]).any():  # no real token after a pad
+        if padding is None:
+            if seq_len == num_keys:
+                if not (real[:, 1:] & ~real[:, :-1]).any():  # no real token after a pad
+                    return None
+            elif real.all():
                 return None
-        elif real.all():
-            return None
         allowed = causal_mask(seq_len, num_keys, real.device) & real[:, None, None, :]
         # Each query always sees itself, so a pad with only pads before it gets no empty (NaN) softmax row.
         query_positions = torch.arange(num_keys - seq_len, num_keys, device=real.device)

@@ -77,16 +77,21 @@ class CausalSelfAttention(nn.Module):
         """`x` is `[B, T, H]`. `mask` is a `[B, 1, T, S]` boolean of the keys each query may attend to,
         or None for the plain causal mask. With a cache, S counts the cached tokens too."""
         q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        # Keys before these queries, as a Python int: without a cache 0, so the attention path is decided in
+        # Python and never from a (under torch.compile symbolic) shape.
+        past = 0
         if cache is not None:
+            past = cache.length
             k, v = cache.append(k, v)
         attend = self.sdpa_attention if self.use_sdpa else self.eager_attention
-        y = attend(q, k, v, mask)
+        y = attend(q, k, v, mask, past)
         batch, _, seq_len, _ = y.shape
         return self.dense(y.transpose(1, 2).reshape(batch, seq_len, -1))
 
     def eager_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mask: torch.Tensor | None) -> torch.Tensor:
-        """The attention math written out; `sdpa_attention` must give the same result."""
+                        mask: torch.Tensor | None, past: int = 0) -> torch.Tensor:
+        """The attention math written out; `sdpa_attention` must give the same result. `past`: how many of
+        the keys come before the queries (cached tokens)."""
         if mask is None:
             mask = causal_mask(q.size(2), k.size(2), q.device)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)
@@ -95,11 +100,11 @@ class CausalSelfAttention(nn.Module):
         return probs @ v
 
     def sdpa_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       mask: torch.Tensor | None) -> torch.Tensor:
-        """Fused attention; with no mask it can use the flash kernels."""
-        num_queries, num_keys = q.size(2), k.size(2)
-        is_causal = mask is None and num_queries == num_keys
-        if mask is None and 1 < num_queries < num_keys:  # a chunk after a cache: causal with an offset
-            mask = causal_mask(num_queries, num_keys, q.device)
+                       mask: torch.Tensor | None, past: int = 0) -> torch.Tensor:
+        """Fused attention; with no mask it can use the flash kernels. `past`: how many of the keys come
+        before the queries (cached tokens), a Python int, so that `is_causal` is a plain bool."""
+        is_causal = mask is None and past == 0  # the queries are all the keys
+        if mask is None and past and q.size(2) > 1:  # a chunk after a cache: causal with an offset
+            mask = causal_mask(q.size(2), k.size(2), q.device)
         dropout = self.dropout_prob if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)

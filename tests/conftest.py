@@ -1,4 +1,5 @@
 """Shared fixtures: Hugging Face GPT-2 checkpoints with random weights, saved to temporary directories."""
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,13 @@ from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel
 
 TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokenised_dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The test run's own cache of tokenised datasets (shared by the scripts the tests start), so tests
+    neither read nor fill the user's."""
+    os.environ["GPT2_FINETUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 def save_hf_gpt2(directory: Path, seed: int = 0, **sizes: int) -> GPT2LMHeadModel:

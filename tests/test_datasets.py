@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from config import UserError
-from datasets import batch_indices, encode_prompt, pad_to_longest, tokenize_sentiment
+from datasets import (EpochBatches, TokenizedDataset, batch_indices, encode_prompt, pad_to_longest,
+                      tokenize_sentiment)
 from models.tokenizer import load_tokenizer
 from training.course_files import read_sentiment
 
@@ -47,3 +48,13 @@ def test_batches_pad_to_the_longest_row_and_cover_every_row_once():
     input_ids, mask = pad_to_longest([[1, 2, 3], [4]], pad_id=0)
     assert torch.equal(input_ids, torch.tensor([[1, 2, 3], [4, 0, 0]]))
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [1, 0, 0]]))
+
+
+def test_batches_are_built_once_per_epoch_and_evaluation_batches_once():
+    data = TokenizedDataset(["a", "b", "c"], [[1, 2], [3], [4, 5, 6]], [0, 1, 0])
+    epochs = EpochBatches(data, 2, seed=1)
+    first = epochs(0)
+    assert epochs(0) is first and epochs(1) is not first and epochs(1) is epochs(1)
+    assert [b["indices"].tolist() for b in epochs(0)] == [b["indices"].tolist() for b in data.batches(2, True, 1)]
+    assert data.batches(2, shuffle=False) is data.batches(2, shuffle=False)
+    assert data.batches(3, shuffle=False) is not data.batches(2, shuffle=False)

@@ -8,6 +8,7 @@ from config import PRESETS, GPT2Config
 from models.decoding import greedy_decode
 from models.gpt2 import GPT2Model
 from modules.attention import KVCache
+from modules.prefix import add_prefix
 
 IMPLEMENTATIONS = ["sdpa", "eager"]
 
@@ -196,3 +197,53 @@ def test_kv_cache_allocates_in_the_dtype_it_is_given():
     keys = torch.ones(2, 4, 3, 16, dtype=torch.bfloat16)
     all_keys, _ = cache.append(keys, keys)
     assert cache.keys.dtype == torch.bfloat16 and all_keys.shape == (2, 4, 3, 16) and cache.length == 3
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_padding_said_by_the_caller_gives_the_outputs_of_reading_the_mask(implementation):
+    model = tiny_model(implementation)
+    right = right_padded_batch(50257, [9, 5, 9, 1])
+    left = left_padded_prompts([9, 5, 9, 1])
+    with torch.no_grad():
+        for (input_ids, mask), said in ((right, "right"), (left, "left")):
+            read = model(input_ids, mask)
+            told = model(input_ids, mask, padding=said)
+            assert all(torch.equal(read[key], told[key]) for key in read)
+        # The full key mask serves right padding too, up to the pads' own states and the kernel's rounding.
+        input_ids, mask = right
+        read, masked = model(input_ids, mask), model(input_ids, mask, padding="left")
+        real = mask.bool()
+        torch.testing.assert_close(masked["last_hidden_state"][real], read["last_hidden_state"][real],
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(masked["last_token"], read["last_token"], atol=1e-5, rtol=0)
+
+
+def test_unknown_padding_is_refused():
+    with pytest.raises(ValueError, match="padding must be one of"):
+        tiny_model()(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long), padding="middle")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_forward_told_the_padding_never_reads_a_tensor_on_the_host(implementation, padding):
+    """On the meta device tensors have shapes but no values: any read of one (`.item()`, `bool()`, a Python
+    branch on a comparison), which on a GPU waits for the device, raises. Training and scoring passes,
+    with and without a mask, a cache or a prefix, must all run through."""
+    with torch.device("meta"):
+        model = GPT2Model(GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     max_position_embeddings=128, attn_implementation=implementation))
+        input_ids, mask = torch.zeros(3, 9, dtype=torch.long), torch.ones(3, 9, dtype=torch.long)
+    for training in (True, False):
+        model.train(training)
+        assert model(input_ids, mask, padding=padding)["last_token"].shape == (3, 64)
+        assert model(input_ids)["last_hidden_state"].shape == (3, 9, 64)
+    model.eval()
+    cache = model.new_cache(12)
+    model(input_ids, mask, cache, padding=padding)
+    step_mask = torch.ones(3, 10, dtype=torch.long, device="meta")
+    assert model(input_ids[:, :1], step_mask, cache, padding=padding)["last_token"].shape == (3, 64)
+    add_prefix(model, 4)
+    model.train()
+    assert model(input_ids, mask, padding=padding)["last_token"].shape == (3, 64)
+    with pytest.raises(RuntimeError, match="meta"):  # left to find out, the model reads the mask
+        model(input_ids, mask)

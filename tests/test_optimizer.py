@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-import optimizer
 from optimizer import AdamW
 
 SHAPES = [(7,), (5, 3), (4, 3, 2), ()]
@@ -39,13 +38,8 @@ def set_grads(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
 
 
 def reference_step(p, g, state, lr, eps, wd, betas=BETAS, correct_bias=True):
-    """The definition, one parameter at a time, with in-place ops in the definition's order.
-
-    Written like the original HF/CS224N loop (mul_().add_(), addcmul_, addcdiv_, add_(p, alpha)):
-    float32 rounding is chaotic over 1,000 steps, so spelling it with Python operators instead
-    drifts by 1-2 ulp of |p| (~2e-7 at |p| ~ 3) even though the maths is the same; the float64
-    test below checks the operator form.
-    """
+    """The definition, one parameter at a time, with in-place ops in the definition's order, like the
+    original HF/CS224N loop (mul_().add_(), addcmul_, addcdiv_, add_(p, alpha))."""
     beta1, beta2 = betas
     state["t"] += 1
     t, m, v = state["t"], state["m"], state["v"]
@@ -56,14 +50,19 @@ def reference_step(p, g, state, lr, eps, wd, betas=BETAS, correct_bias=True):
     p.add_(p, alpha=-lr * wd)
 
 
+def assert_equal_up_to_rounding(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The fused kernel computes the definition's maths in another order, and float32 rounding over 1,000
+    steps is chaotic: results drift by a few ulp (here up to 3.6e-7, 1.5 ulp of the largest |p| ~ 2.6).
+    1e-6 bounds that; the float64 test below checks the maths itself to 1e-12."""
+    assert (actual.detach() - expected).abs().max().item() <= 1e-6
+
+
 def new_state(p: torch.Tensor) -> dict:
     return dict(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
 
 
-@pytest.mark.parametrize("slice_size", [optimizer.CPU_SLICE, 5], ids=["whole-tensors", "sliced-views"])
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_matches_reference_definition_over_1000_steps(monkeypatch, slice_size, contiguous):
-    monkeypatch.setattr(optimizer, "CPU_SLICE", slice_size)
+def test_matches_reference_definition_over_1000_steps(contiguous):
     lrs, wds, eps = (1e-2, 3e-3), (0.1, 0.01), 1e-6
     init = make_params()
     if not contiguous:  # e.g. a transposed weight
@@ -83,7 +82,7 @@ def test_matches_reference_definition_over_1000_steps(monkeypatch, slice_size, c
             reference_step(p, g, ref_states[i], lrs[group_of[i]], eps, wds[group_of[i]])
 
     for p, r in zip(ours, ref):
-        assert (p.detach() - r).abs().max().item() <= 1e-7
+        assert_equal_up_to_rounding(p, r)
 
 
 def test_matches_plain_arithmetic_definition_in_float64():
@@ -200,7 +199,23 @@ def test_params_with_different_step_counts_in_one_group_match_reference():
 
     assert opt.state[ours[0]]["step"] == 10 and opt.state[ours[1]]["step"] == 7
     for p, r in zip(ours, ref):
-        assert torch.equal(p.detach(), r)
+        assert_equal_up_to_rounding(p, r)
+
+
+def test_groups_that_agree_share_one_fused_call_per_step(monkeypatch):
+    calls = []
+    fused = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda params, *args, **kwargs: calls.append(len(params))
+                        or fused(params, *args, **kwargs))
+    params = leaves(make_params())
+    AdamW(two_groups(params, (1e-3, 1e-3), (0.1, 0.1))).step()  # e.g. one group per layer, same settings
+    set_grads(params, make_grads(torch.Generator().manual_seed(0)))
+    opt = AdamW(two_groups(params, (1e-3, 1e-3), (0.1, 0.1)))
+    opt.step()
+    assert calls == [4]
+    opt.param_groups[1]["lr"] = 5e-4
+    opt.step()
+    assert calls == [4, 2, 2]
 
 
 def test_correct_bias_false_uses_plain_lr():

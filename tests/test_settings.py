@@ -100,7 +100,7 @@ classifier | --cloze --pooling mean | --pooling 'mean': --cloze reads the last t
 classifier | --fine-tune-mode last-linear-layer --cloze | --cloze: has no new head to train
 classifier | --label_words bad,good | --label_words 'bad,good': only with --cloze
 classifier | --cloze --label_words bad,good | sst has 5 classes, and needs as many words
-classifier | --precision bf16 | --precision 'bf16': autocast is for GPUs
+classifier | --precision bf16 | --precision 'bf16': is for GPUs: add --use_gpu, or use --precision fp32
 classifier | --resume --overwrite | --overwrite: cannot be combined with --resume
 classifier | --resume --epochs 0 | --resume: continues training up to --epochs
 classifier | --model_path no/such/dir | --model_path no/such/dir: not a directory holding config.json
@@ -319,13 +319,13 @@ def test_a_nan_in_the_first_epoch_advises_a_resume_that_starts_again_more_gently
     with pytest.raises(SystemExit) as stopped:
         classifier.main(flags)
     message = str(stopped.value.code)
-    assert "training loss is nan at epoch 0, batch 1" in message and "No epoch has finished" in message
+    assert "training loss is nan at epoch 0, optimizer steps 1-2" in message and "No epoch has finished" in message
     assert advised_flags(message) == ["--resume", "--lr", "1e+29", "--clip_norm", "1.0"]
     assert not (tmp_path / "run/sst/last.pt").exists()
 
     with pytest.raises(SystemExit) as again:  # the advice is taken: the run starts again, at 1e29 still too fast
         classifier.main(flags + advised_flags(message))
-    assert "training loss is nan at epoch 0, batch 1" in str(again.value.code)
+    assert "training loss is nan at epoch 0, optimizer steps 1-2" in str(again.value.code)
     classifier.main(flags + ["--resume", "--lr", "1e-3"])
     assert [r["epoch"] for r in metrics(tmp_path / "run/sst") if r["split"] == "dev"] == [0, 1]
     assert len(read_predictions(tmp_path / "predictions/full-model-sst-test-out.csv")) == 2210
@@ -351,7 +351,7 @@ def test_a_nan_later_on_is_resumed_as_advised_at_the_lower_rate_and_trains_past_
     with pytest.raises(SystemExit) as stopped:
         classifier.main(flags)
     message = str(stopped.value.code)
-    assert "training loss is nan at epoch 1, batch 1 (optimizer step 3)" in message
+    assert "training loss is nan at epoch 1, optimizer step 4 (the loss is read every --log_every steps)" in message
     assert f"{tmp_path / 'run/sst/last.pt'} holds the last good state" in message
     assert advised_flags(message) == ["--resume", "--lr", "0.0001", "--clip_norm", "1.0"]
 
@@ -360,3 +360,28 @@ def test_a_nan_later_on_is_resumed_as_advised_at_the_lower_rate_and_trains_past_
     assert [r["epoch"] for r in records if r["split"] == "dev"] == [0, 1, 2]
     assert {r["lr"] for r in records if r["split"] == "train" and r["step"] > 2} == {1e-4}
     assert next(r for r in records if r["split"] == "resume")["changed"]["--lr"] == [0.001, 0.0001]
+
+
+def test_a_nan_is_caught_at_most_log_every_steps_late_and_never_saved(monkeypatch, tmp_path, checkpoint):
+    # The loss is read back every --log_every steps (a step needs no host-device sync), so a NaN in step 11
+    # is found when step 12 is logged: named with its steps, and last.pt keeps the state of epoch 0.
+    training_losses, cross_entropy = [0], F.cross_entropy
+
+    def nan_in_step_11(*args, **kwargs):
+        loss = cross_entropy(*args, **kwargs)
+        if loss.requires_grad:  # a training batch, not the dev loss
+            training_losses[0] += 1
+            return loss * float("nan") if training_losses[0] >= 11 else loss
+        return loss
+
+    monkeypatch.setattr(classifier.F, "cross_entropy", nan_in_step_11)
+    flags = base_flags("classifier", checkpoint, tmp_path) + ["--epochs", "2", "--train_limit", "32", "--batch_size",
+                                                              "4", "--log_every", "3"]
+    with pytest.raises(SystemExit) as stopped:
+        classifier.main(flags)
+    assert "the training loss is nan at epoch 1, optimizer steps 10-12" in str(stopped.value.code)
+    assert training_losses[0] == 12  # found at the first read after it, no later
+    last = torch.load(tmp_path / "run/sst/last.pt", weights_only=True)
+    assert last["progress"]["epoch"] == 1 and last["progress"]["step"] == 8
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert max(r["step"] for r in metrics(tmp_path / "run/sst") if r["split"] == "train") == 9

@@ -9,7 +9,8 @@ import torch.distributed as dist
 from config import UserError
 from training.distributed import is_main
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# auto: bf16 autocast on a GPU that has it, else fp32; tf32: fp32 with TF32 matmuls; fp32: exact float32.
+PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "tf32": None, "fp32": None}
 
 
 def choose_device(use_gpu: bool, precision: str = "fp32") -> torch.device:
@@ -21,6 +22,8 @@ def choose_device(use_gpu: bool, precision: str = "fp32") -> torch.device:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpu else torch.device("cpu")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU has no bfloat16 support; use --precision fp16")
+    if use_gpu:  # float32 matmuls left outside autocast (or all of them, with tf32) run on tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision in ("auto", "tf32")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         if use_gpu:
             torch.cuda.set_device(device)
@@ -30,10 +33,20 @@ def choose_device(use_gpu: bool, precision: str = "fp32") -> torch.device:
     return device
 
 
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return PRECISIONS[precision]
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtype = PRECISIONS[precision]
+    dtype = autocast_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    """The batch on `device`. To a GPU through pinned memory: a copy from pageable memory waits for the
+    GPU to finish its queue first, where a pinned one is queued behind it and the host runs on."""
+    if device.type != "cuda":
+        return {key: value.to(device) for key, value in batch.items()}
+    return {key: value.pin_memory().to(device, non_blocking=True) for key, value in batch.items()}

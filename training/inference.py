@@ -15,12 +15,14 @@ def predict(model: nn.Module, batches: list[Batch], device: torch.device, precis
     """`score(batch)` for every example, in dataset order (the batches may be sorted by length). Under
     torchrun each process scores its share of the batches and every process gets all the scores."""
     model.eval()
-    scored = []
+    indices, scores = [], []
     for batch in tqdm(items_for_this_process(batches), desc=desc, leave=False, disable=not is_main()):
         with autocast(device, precision):
-            scored.append((batch["indices"], score(to_device(batch, device)).float().cpu()))
-    scored = [pair for process_scores in gather_objects(scored) for pair in process_scores]
-    outputs = torch.empty((size, *scored[0][1].shape[1:]))
-    for indices, scores in scored:
-        outputs[indices] = scores
+            scores.append(score(to_device(batch, device)).float())  # kept on the device: no sync per batch
+        indices.append(batch["indices"])
+    mine = (torch.cat(indices), torch.cat(scores).cpu()) if scores else None
+    shares = [share for share in gather_objects(mine) if share is not None]
+    outputs = torch.empty((size, *shares[0][1].shape[1:]))
+    for share_indices, share_scores in shares:
+        outputs[share_indices] = share_scores
     return outputs

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from datasets import EpochBatches
 from modules.lora import merge_lora
 from training.checkpoints import checkpoint_identity, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.device import autocast, to_device
+from training.device import autocast, autocast_dtype, to_device
 from training.distributed import (Batch, all_reduce_sum, barrier, batches_for_this_process, gather_objects, is_main,
                                   rank, world_size)
 from training.optimization import make_optimizer, make_scheduler, set_hyperparameters
@@ -94,7 +94,8 @@ def out_of_memory_advice(run: Run, train: TrainSettings, precision: str) -> str:
     return (f"out of GPU memory while training. Add --resume --activation_checkpointing to go on from "
             f"{run.last_checkpoint} (or from the start, without it) storing fewer activations; or start again "
             f"with smaller batches: --overwrite {smaller} keeps the effective batch"
-            + ("; --precision bf16 halves the activations too" if precision == "fp32" else ""))
+            + ("; --precision bf16 halves the activations too" if autocast_dtype(run.device, precision) is None
+               else ""))
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
@@ -193,6 +194,37 @@ def keep_top_epochs(run: Run, identity: dict[str, Any], progress: Progress, scor
     del progress.top[keep:]
 
 
+class LossesSinceRead:
+    """The training losses since they were last read, summed on the device, so that a step needs no
+    host-device synchronisation; `read` checks them, and whether any process was asked to stop, in one."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.device = device
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.first_step = step + 1  # the first optimizer step whose losses are unread
+        self.total, self.weights = torch.zeros((), dtype=torch.float64, device=self.device), 0.0
+
+    def add(self, loss: torch.Tensor, weight: float) -> None:
+        self.total += loss.detach().double() * weight
+        self.weights += weight
+
+    def read(self, signals: StopSignals, epoch: int, step: int) -> tuple[float, bool]:
+        """(mean loss over every process since the last read, whether any process was asked to stop); a
+        non-finite loss stops training, naming the steps it was in."""
+        flags = torch.tensor([self.weights, float(signals.received is not None)], dtype=torch.float64,
+                             device=self.device)
+        total, weights, stops = all_reduce_sum(torch.cat([self.total.reshape(1), flags])).tolist()
+        value = total / max(weights, 1e-12)
+        if not math.isfinite(value):
+            steps = f"step {step}" if step == self.first_step else f"steps {self.first_step}-{step}"
+            raise NonFiniteLoss(f"the training loss is {value} at epoch {epoch}, optimizer {steps} (the loss is "
+                                "read every --log_every steps)")
+        self.reset(step)
+        return value, stops > 0
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
                 scaler: torch.amp.GradScaler, run: Run, train: TrainSettings, precision: str, batches: EpochBatches,
                 loss_fn: LossFunction, on_epoch_start: Callable[[int], None] | None, progress: Progress, log: RunLog,
@@ -207,30 +239,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
         step_loss = DistributedDataParallel(LossModule(model, loss_fn),
                                             device_ids=[run.device] if run.device.type == "cuda" else None)
     weighted = batches_for_this_process(batches(progress.epoch))
-    started, tokens, losses, stop, peak = time.time(), 0, [], False, 0.0
+    started, tokens, peak = time.time(), 0, 0.0
+    # The weighted loss sum since the last read stays on the device: reading it back waits for the GPU, so
+    # it is read only every --log_every steps, at the epoch's end and when a signal asks to stop.
+    unread = LossesSinceRead(run.device, progress.step)
     bar = tqdm(weighted, initial=progress.batches_done, desc=f"train epoch {progress.epoch}", leave=False,
                disable=not is_main())
     for index, (batch, weight) in enumerate(weighted):
         if index < progress.batches_done:
             continue
         ends_step = (index + 1) % train.grad_accum == 0 or index + 1 == len(weighted)
-        tokens += int(batch["attention_mask"].sum()) * int(weight)
+        tokens += int(batch["attention_mask"].sum()) * int(weight)  # on the host: the batch is still there
         no_sync = step_loss.no_sync() if world_size() > 1 and not ends_step else contextlib.nullcontext()
         with no_sync:
             with autocast(run.device, precision):
                 loss = step_loss(to_device(batch, run.device))
-            # One all-reduce per batch: the loss over all processes (a NaN anywhere stops every one) and
-            # whether any process has been asked to stop.
-            flags = torch.tensor([weight, float(signals.received is not None)], device=run.device)
-            stats = all_reduce_sum(torch.cat([loss.detach().float().reshape(1) * weight, flags]))
-            loss_sum, weights, stops = stats.tolist()
-            value = loss_sum / weights
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"the training loss is {value} at epoch {progress.epoch}, batch {index} "
-                                    f"(optimizer step {progress.step})")
+            unread.add(loss, weight)
             scaler.scale(loss * weight / train.grad_accum).backward()
-        losses.append(value)
-        stop = stop or stops > 0
         if not ends_step:
             continue
         if train.clip_norm:
@@ -243,20 +268,26 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
         progress.step, progress.batches_done = progress.step + 1, index + 1
         boundary_rng.update(rng_state())
         bar.update(index + 1 - bar.n)
-        if progress.step % train.log_every == 0:
-            record = {"loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]}
+        logs = progress.step % train.log_every == 0
+        # one process may stop at once; several must agree first, which they do at the same steps
+        asked = signals.received is not None and world_size() == 1
+        if not (logs or asked or index + 1 == len(weighted)):
+            continue
+        value, stop = unread.read(signals, progress.epoch, progress.step)
+        if logs:
+            record = {"loss": value, "lr": scheduler.get_last_lr()[0]}
             if run.device.type == "cuda":  # the peak since the last line, then start a new count
                 record["peak_memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
                 torch.cuda.reset_peak_memory_stats(run.device)
                 peak = max(peak, record["peak_memory_gb"])
             log.log(split="train", epoch=progress.epoch, step=progress.step, **record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "lr"})
-            losses = []
         if stop:
             raise Interrupted(signals.received or signal.SIGTERM)
     bar.close()
     elapsed = time.time() - started
-    tokens = int(all_reduce_sum(torch.tensor([tokens], device=run.device)).item())
+    if world_size() > 1:
+        tokens = int(all_reduce_sum(torch.tensor([tokens], device=run.device)).item())
     record = {"split": "epoch", "epoch": progress.epoch, "step": progress.step, "seconds": elapsed,
               "tokens_per_second": tokens / max(elapsed, 1e-9)}
     if run.device.type == "cuda":

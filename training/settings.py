@@ -132,8 +132,9 @@ class ModelSettings:
     init: str = setting("pretrained", "random: GPT-2's initialisation, no pre-training",
                         choices=("pretrained", "random"))
     use_gpu: bool = setting(False, "run on the GPU (under torchrun, each process on its own)", on_resume=FREE)
-    precision: str = setting("fp32", "autocast dtype on GPU: bf16 where supported, else fp16 (with a gradient "
-                                     "scaler)", choices=tuple(PRECISIONS))
+    precision: str = setting("auto", "auto: bf16 autocast on a GPU that supports it, else fp32; fp16 autocast (with "
+                                     "a gradient scaler); tf32: float32 with TF32 matmuls on GPU; fp32: exact "
+                                     "float32", choices=tuple(PRECISIONS))
     compile: bool = setting(False, "torch.compile each GPT-2 layer", on_resume=FREE)
     activation_checkpointing: bool = setting(False, "recompute layer activations in the backward pass to save "
                                                     "memory (for gpt2-large and gpt2-xl)", on_resume=FREE)
@@ -142,8 +143,8 @@ class ModelSettings:
         require(self, "model_path", self.model_path is None or (self.model_path / "config.json").is_file(),
                 "not a directory holding config.json (a Hugging Face GPT-2 checkpoint); for a checkpoint on "
                 "the hub, use --model_size")
-        require(self, "precision", self.precision == "fp32" or self.use_gpu,
-                "autocast is for GPUs: add --use_gpu, or use --precision fp32")
+        require(self, "precision", self.precision in ("auto", "fp32") or self.use_gpu,
+                "is for GPUs: add --use_gpu, or use --precision fp32")
 
     @property
     def num_layers(self) -> int:
