@@ -1,14 +1,22 @@
 """Batched decoding over left-padded prompts with the key/value cache: greedy, sampling, beam and
-contrastive search, with repetition and line-length controls."""
+contrastive search, with repetition and line-length controls.
+
+The per-token loops keep their work on the device: they read nothing back to the host per token (the host
+looks whether every row has stopped only every CHECK_EVERY tokens), and they build no tensor from Python data."""
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from config import END_OF_TEXT_ID, FREE, require, require_range, setting
 from models.gpt2 import GPT2Model
+from modules.attention import KVCache
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 PAD_ID = END_OF_TEXT_ID  # fills the rows that have stopped
+CHECK_EVERY = 16  # tokens between the host's looks at whether every row has stopped: each look waits for the device
+NUCLEUS_HEAD = 256  # on the CPU top-p first looks at this many likeliest tokens, and sorts only rows they don't settle
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ def generate(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Te
     break when `config.max_lines` stopped the row. `generator` makes sampling reproducible."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    decoder = Decoder(model, config, list(line_break_ids), list(line_end_ids), input_ids.size(1))
+    decoder = Decoder(model, config, list(line_break_ids), list(line_end_ids), input_ids)
     if config.strategy == "beam":
         return decoder.beam_search(input_ids, attention_mask)
     if config.strategy == "contrastive":
@@ -86,155 +94,162 @@ def generate(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 class Decoder:
-    """The decoding loops of one `generate` call; rows are `[R, prompt_len + generated]` token tensors."""
+    """The decoding loops of one `generate` call. Each loop writes its tokens into a `[R, prompt + new]` buffer,
+    one column a step, and shows the model and the controls the filled columns."""
 
     def __init__(self, model: GPT2Model, config: DecodingConfig, line_break_ids: list[int],
-                 line_end_ids: list[int], prompt_len: int):
-        self.model, self.config, self.prompt_len = model, config, prompt_len
-        self.line_break_ids, self.line_end_ids = line_break_ids, line_end_ids
-        self.max_len = prompt_len + config.max_new_tokens
+                 line_end_ids: list[int], input_ids: torch.Tensor):
+        self.model, self.config, self.prompt_len = model, config, input_ids.size(1)
+        self.line_break_ids = frozenset(line_break_ids)
+        self.max_len = self.prompt_len + config.max_new_tokens
+        vocab_size, device = model.config.vocab_size, input_ids.device
+        # Built once on the device: a tensor made from Python data inside a loop is a copy from the host each step.
+        self.is_line_break = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.is_line_break[torch.tensor(line_break_ids, dtype=torch.long, device=device)] = True
+        self.line_end_bonus = None
+        if config.line_end_nudge and line_end_ids:
+            self.line_end_bonus = torch.zeros(vocab_size, device=device)
+            self.line_end_bonus[torch.tensor(line_end_ids, dtype=torch.long, device=device)] = config.line_end_nudge
 
     # --- the strategies ---
 
     def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                generator: torch.Generator | None) -> torch.Tensor:
         """Greedy or sampled decoding; returns the `[B, generated]` new tokens, stopped rows padded."""
+        generator = None if self.config.strategy == "greedy" else generator_of(generator, input_ids.device)
+        tokens, mask = self.buffers(input_ids, attention_mask)
         cache = self.model.new_cache(self.max_len)
         hidden = self.model(input_ids, attention_mask, cache)["last_token"]
-        tokens, mask = input_ids, attention_mask
+        lines = LineState(input_ids.size(0), self.is_line_break)
         done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
-        for _ in range(self.config.max_new_tokens):
-            logits = self.adjusted_logits(hidden, tokens, mask)
+        early_stop = EarlyStop(self.config.max_new_tokens, input_ids.device, generator)
+        for step in range(self.config.max_new_tokens):
+            end = self.prompt_len + step
+            logits = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines)
             next_token = self.choose(logits, generator).masked_fill(done, PAD_ID)
-            tokens, mask = append(tokens, mask, next_token)
-            done |= self.stopped(tokens)
-            if done.all():
-                break
-            hidden = self.model(next_token[:, None], mask, cache)["last_token"]
-        return tokens[:, self.prompt_len:]
+            tokens[:, end] = next_token
+            lines.advance(next_token)
+            if self.config.max_lines:
+                done = lines.count >= self.config.max_lines
+                if early_stop(step, done):
+                    break
+            if step + 1 < self.config.max_new_tokens:
+                hidden = self.model(next_token[:, None], mask[:, :end + 1], cache)["last_token"]
+        return tokens[:, self.prompt_len:end + 1]
 
     def contrastive_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Su et al. (2022): among the k likeliest tokens choose the one maximising
         (1 - alpha) * p - alpha * (max cosine similarity of its hidden state to the row's earlier ones).
-        The cache holds k copies of every row so one batched step scores all k candidates; the copies
-        then all take the cache of the chosen candidate."""
+        The cache holds k copies of every row so one batched step scores all k candidates. The copies agree
+        on every position but the newest, where each holds its own candidate: only that position is copied
+        from the chosen candidate to the others."""
         k, alpha = self.config.contrastive_k, self.config.contrastive_alpha
-        batch = input_ids.size(0)
+        batch, device = input_ids.size(0), input_ids.device
+        tokens, mask = self.buffers(input_ids, attention_mask)
+        candidate_mask = mask.repeat_interleave(k, 0)
         cache = self.model.new_cache(self.max_len)
         out = self.model(input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0), cache)
         history, hidden = out["last_hidden_state"][::k], out["last_token"][::k]
-        tokens, mask = input_ids, attention_mask
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        rows = torch.arange(batch, device=input_ids.device)
-        for _ in range(self.config.max_new_tokens):
-            probs = self.adjusted_logits(hidden, tokens, mask).softmax(dim=-1)
+        lines = LineState(batch, self.is_line_break)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        early_stop = EarlyStop(self.config.max_new_tokens, device)
+        rows = torch.arange(batch, device=device)
+        agreed = 0  # the prompt's copies were computed separately: the first step copies them whole
+        for step in range(self.config.max_new_tokens):
+            end = self.prompt_len + step
+            probs = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines).softmax(dim=-1)
             top_probs, top_ids = probs.topk(k, dim=-1)
-            step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1).repeat_interleave(k, 0)
-            candidates = self.model(top_ids.reshape(-1, 1), step_mask, cache)["last_token"].view(batch, k, -1)
-            degeneration = max_cosine_similarity(candidates, history, mask.bool())
+            candidates = self.model(top_ids.reshape(-1, 1), candidate_mask[:, :end + 1],
+                                    cache)["last_token"].view(batch, k, -1)
+            degeneration = max_cosine_similarity(candidates, history, mask[:, :end].bool())
             best = ((1 - alpha) * top_probs - alpha * degeneration).argmax(dim=-1)
-            for layer in cache:
-                layer.reorder((rows * k + best).repeat_interleave(k))
+            agreed = copy_cache_rows(cache, (rows * k + best).repeat_interleave(k), agreed)
             hidden = candidates[rows, best]
             history = torch.cat([history, hidden[:, None]], dim=1)
             next_token = top_ids[rows, best].masked_fill(done, PAD_ID)
-            tokens, mask = append(tokens, mask, next_token)
-            done |= self.stopped(tokens)
-            if done.all():
-                break
-        return tokens[:, self.prompt_len:]
+            tokens[:, end] = next_token
+            lines.advance(next_token)
+            if self.config.max_lines:
+                done = lines.count >= self.config.max_lines
+                if early_stop(step, done):
+                    break
+        return tokens[:, self.prompt_len:end + 1]
 
     def beam_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
-        """Beam search over `B * num_beams` rows (prompt b owns rows b*K .. b*K+K-1) sharing one cache.
-        A hypothesis ends at its max_lines-th line break or at max_new_tokens; the best by
+        """Beam search over `B * num_beams` rows (prompt b owns rows b*K .. b*K+K-1) sharing one cache, all
+        prompts at once. A hypothesis ends at its max_lines-th line break or at max_new_tokens; the best by
         sum of log-probabilities / length ** length_penalty is returned for each prompt."""
-        beams, device = self.config.num_beams, input_ids.device
-        batch = input_ids.size(0)
-        tokens, mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
+        beams, batch, device = self.config.num_beams, input_ids.size(0), input_ids.device
+        input_ids, attention_mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
+        tokens, mask = self.buffers(input_ids, attention_mask)
         cache = self.model.new_cache(self.max_len)
-        hidden = self.model(tokens, mask, cache)["last_token"]
+        hidden = self.model(input_ids, attention_mask, cache)["last_token"]
         # The K copies of a prompt are identical: only the first may expand, or each hypothesis would appear K times.
         scores = torch.full((batch, beams), float("-inf"), device=device)
         scores[:, 0] = 0.0
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-        searching = [True] * batch
+        own_rows = torch.arange(batch * beams, device=device).view(batch, beams)
+        finished = FinishedHypotheses(batch, beams, self.config, device)
+        searching = torch.ones(batch, dtype=torch.bool, device=device)
+        lines = LineState(batch * beams, self.is_line_break)
+        early_stop = EarlyStop(self.config.max_new_tokens, device)
         for step in range(self.config.max_new_tokens):
-            logprobs = self.adjusted_logits(hidden, tokens, mask).log_softmax(dim=-1)
+            end = self.prompt_len + step
+            logprobs = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines).log_softmax(dim=-1)
             totals = (scores.view(-1, 1) + logprobs).view(batch, -1)
             # 2K candidates leave K to continue even if K of them finish now.
             top_scores, top_ids = totals.topk(2 * beams, dim=-1)
-            sources, next_tokens, scores = self.select_beams(
-                top_scores, top_ids, logprobs.size(-1), tokens, finished, searching, length=step + 1)
-            order = sources.view(-1).to(device)
+            rows, next_tokens = own_rows[:, :1] + top_ids // logprobs.size(-1), top_ids % logprobs.size(-1)
+            ends, kept = self.split_candidates(top_scores, rows, next_tokens, lines, searching)
+            finished.add(torch.where(ends, top_scores.double(), float("-inf")), step + 1,
+                         lambda pick: torch.cat([tokens[rows.gather(1, pick).squeeze(1), self.prompt_len:end],
+                                                 next_tokens.gather(1, pick)], dim=1))
+            sources, next_tokens, scores = next_beams(kept, rows, next_tokens, top_scores, own_rows)
+            searching &= finished.may_improve(scores[:, 0], step + 1)
+            # A prompt's beams share its prompt and mask: only the cache and the generated tokens move.
+            order = sources.view(-1)
             for layer in cache:
                 layer.reorder(order)
-            tokens, mask = append(tokens[order], mask[order], next_tokens.view(-1).to(device))
-            scores = scores.to(device)
-            if not any(searching):
+            tokens[:, self.prompt_len:end] = tokens[order, self.prompt_len:end]
+            tokens[:, end] = next_tokens.view(-1)
+            lines.reorder(order)
+            lines.advance(tokens[:, end])
+            if early_stop(step, ~searching):
                 break
-            hidden = self.model(tokens[:, -1:], mask, cache)["last_token"]
-        self.close_open_beams(tokens, scores, finished, searching)
-        return [max(hypotheses, key=lambda h: h[0])[1] for hypotheses in finished]
+            if step + 1 < self.config.max_new_tokens:
+                hidden = self.model(tokens[:, end:end + 1], mask[:, :end + 1], cache)["last_token"]
+        # Beams still open when the token budget ran out are hypotheses too.
+        finished.add(torch.where(searching[:, None], scores.double(), float("-inf")), step + 1,
+                     lambda pick: tokens[own_rows.gather(1, pick).squeeze(1), self.prompt_len:end + 1])
+        return finished.best()
 
     # --- beam bookkeeping ---
 
-    def select_beams(self, top_scores: torch.Tensor, top_ids: torch.Tensor, vocab_size: int,
-                     tokens: torch.Tensor, finished: list[list[tuple[float, list[int]]]],
-                     searching: list[bool], length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For each prompt still searching, move candidates that end a hypothesis into `finished` and keep
-        the best K others as the next beams: (source row, new token, score), each `[B, K]`. Prompts no
-        longer searching keep their rows, fed padding at score -inf."""
-        batch, beams = len(searching), self.config.num_beams
-        sources = torch.arange(batch * beams).view(batch, beams)
-        next_tokens = torch.full((batch, beams), PAD_ID)
-        next_scores = torch.full((batch, beams), float("-inf"))
-        lines = self.line_state(tokens[:, self.prompt_len:])[0].tolist()
-        for b in range(batch):
-            if not searching[b]:
-                continue
-            kept = 0
-            for score, index in zip(top_scores[b].tolist(), top_ids[b].tolist()):
-                if kept == beams or score == float("-inf"):
-                    break
-                row, token = b * beams + index // vocab_size, index % vocab_size
-                if self.ends_row(token, lines[row]):
-                    hypothesis = tokens[row, self.prompt_len:].tolist() + [token]
-                    finished[b].append((score / length ** self.config.length_penalty, hypothesis))
-                else:
-                    sources[b, kept], next_tokens[b, kept], next_scores[b, kept] = row, token, score
-                    kept += 1
-            searching[b] = self.may_improve(finished[b], next_scores[b, 0].item(), length)
-        return sources, next_tokens, next_scores
+    def split_candidates(self, top_scores: torch.Tensor, rows: torch.Tensor, next_tokens: torch.Tensor,
+                        lines: "LineState", searching: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Of each prompt's candidates, best first, `[B, 2K]` masks: those that end a hypothesis and those kept
+        as the next beams. Candidates count while fewer than K are kept: the rest are neither. A prompt no
+        longer searching, and a candidate at score -inf, have neither."""
+        candidate = (top_scores > float("-inf")) & searching[:, None]
+        ends = candidate & self.ends_row(next_tokens, lines.count[rows])
+        continues = candidate & ~ends
+        counted = continues.cumsum(dim=1) - continues.long() < self.config.num_beams
+        return ends & counted, continues & counted
 
-    def ends_row(self, token: int, lines_so_far: int) -> bool:
+    def ends_row(self, tokens: torch.Tensor, lines_so_far: torch.Tensor) -> torch.Tensor:
         limit = self.config.max_lines
-        return limit > 0 and token in self.line_break_ids and lines_so_far + 1 >= limit
-
-    def may_improve(self, finished: list[tuple[float, list[int]]], best_open: float, length: int) -> bool:
-        """Keep searching until K hypotheses have finished and the best open beam, scored at its current
-        length, is no better than the K-th best of them (the usual heuristic: it is not an exact bound)."""
-        if best_open == float("-inf"):
-            return False
-        beams = self.config.num_beams
-        if len(finished) < beams:
-            return True
-        kth_best = sorted((score for score, _ in finished), reverse=True)[beams - 1]
-        return best_open / length ** self.config.length_penalty > kth_best
-
-    def close_open_beams(self, tokens: torch.Tensor, scores: torch.Tensor,
-                         finished: list[list[tuple[float, list[int]]]], searching: list[bool]) -> None:
-        """Beams still open when the token budget ran out are hypotheses too."""
-        generated = tokens[:, self.prompt_len:]
-        normaliser = generated.size(1) ** self.config.length_penalty
-        beams = self.config.num_beams
-        for b, still_open in enumerate(searching):
-            for k, score in enumerate(scores[b].tolist()):
-                if still_open and score > float("-inf"):
-                    finished[b].append((score / normaliser, generated[b * beams + k].tolist()))
+        if limit == 0:
+            return torch.zeros_like(tokens, dtype=torch.bool)
+        return self.is_line_break[tokens] & (lines_so_far + 1 >= limit)
 
     # --- shared pieces ---
 
-    def adjusted_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def buffers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and attention mask of the whole generation, the prompt written in; the new tokens are real."""
+        new = self.config.max_new_tokens
+        return F.pad(input_ids, (0, new), value=PAD_ID), F.pad(attention_mask, (0, new), value=1)
+
+    def adjusted_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                        lines: "LineState") -> torch.Tensor:
         """Next-token logits `[R, V]` after the repetition and line-length controls, in float32."""
         logits = self.model.hidden_state_to_token(hidden).float()
         config = self.config
@@ -242,11 +257,8 @@ class Decoder:
             logits = penalise_repeats(logits, tokens, mask, config.repetition_penalty)
         if config.no_repeat_ngram > 0:
             logits = ban_repeated_ngrams(logits, tokens, mask, config.no_repeat_ngram)
-        if config.line_end_nudge and self.line_end_ids:
-            line_len = self.line_state(tokens[:, self.prompt_len:])[1]
-            bonus = torch.zeros_like(logits[0])
-            bonus[self.line_end_ids] = config.line_end_nudge
-            logits = logits + (line_len >= config.line_length)[:, None] * bonus
+        if self.line_end_bonus is not None:
+            logits = logits + (lines.length >= config.line_length)[:, None] * self.line_end_bonus
         return logits
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -254,21 +266,6 @@ class Decoder:
             return logits.argmax(dim=-1)
         probs = sampling_distribution(logits, self.config.temperature, self.config.top_k, self.config.top_p)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-    def line_state(self, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row: line breaks generated so far, and tokens since the last one (or since the start)."""
-        breaks = torch.isin(generated, torch.tensor(self.line_break_ids, dtype=generated.dtype,
-                                                    device=generated.device))
-        positions = torch.arange(1, generated.size(1) + 1, device=generated.device)
-        # A zero column stands for "no break yet" and keeps the max defined before the first token.
-        no_break = torch.zeros(generated.size(0), 1, dtype=torch.long, device=generated.device)
-        last_break_end = torch.cat([no_break, breaks * positions], dim=1).amax(dim=1)
-        return breaks.sum(dim=1), generated.size(1) - last_break_end
-
-    def stopped(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.config.max_lines == 0:
-            return torch.zeros(tokens.size(0), dtype=torch.bool, device=tokens.device)
-        return self.line_state(tokens[:, self.prompt_len:])[0] >= self.config.max_lines
 
     def cut_at_last_line(self, generated: list[int]) -> list[int]:
         """Drop what follows the max_lines-th line break (the padding of a stopped row)."""
@@ -282,8 +279,111 @@ class Decoder:
         return generated
 
 
-def append(tokens: torch.Tensor, mask: torch.Tensor, next_token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([tokens, next_token[:, None]], dim=1), torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+class LineState:
+    """Per row: line breaks generated so far (`count`), and tokens since the last one or the start (`length`)."""
+
+    def __init__(self, rows: int, is_line_break: torch.Tensor):
+        self.is_line_break = is_line_break  # [V]
+        self.count = torch.zeros(rows, dtype=torch.long, device=is_line_break.device)
+        self.length = torch.zeros_like(self.count)
+
+    def advance(self, token: torch.Tensor) -> None:
+        is_break = self.is_line_break[token]
+        self.count = self.count + is_break
+        self.length = torch.where(is_break, 0, self.length + 1)
+
+    def reorder(self, order: torch.Tensor) -> None:
+        self.count, self.length = self.count[order], self.length[order]
+
+
+class EarlyStop:
+    """Whether every row has stopped, read on the host only every CHECK_EVERY steps and at the last one. The
+    steps run after the last row stopped emit padding only, which the results drop; `generator` is wound back
+    to where stopping at once would have left it, so later draws from it are unchanged."""
+
+    def __init__(self, steps: int, device: torch.device, generator: torch.Generator | None = None):
+        self.steps, self.generator = steps, generator
+        self.steps_all_stopped = torch.zeros((), dtype=torch.long, device=device)
+        self.generator_states: list[torch.Tensor] = []  # after each step since the last look
+
+    def __call__(self, step: int, stopped: torch.Tensor) -> bool:
+        self.steps_all_stopped += stopped.all()
+        if self.generator is not None:
+            self.generator_states.append(self.generator.get_state())
+        if (step + 1) % CHECK_EVERY and step + 1 < self.steps:
+            return False
+        overrun = int(self.steps_all_stopped)  # the one read from the device
+        if overrun and self.generator is not None:
+            self.generator.set_state(self.generator_states[-overrun])
+        self.generator_states.clear()
+        return overrun > 0
+
+
+class FinishedHypotheses:
+    """Per prompt: the best finished hypothesis so far, and the K best scores, which tell when to stop searching.
+    Scores are length-normalised in float64, as Python floats would be; among equal scores the earliest found
+    stays best."""
+
+    def __init__(self, batch: int, beams: int, config: DecodingConfig, device: torch.device):
+        self.length_penalty = config.length_penalty
+        self.best_score = torch.full((batch,), float("-inf"), dtype=torch.float64, device=device)
+        self.best_tokens = torch.full((batch, config.max_new_tokens), PAD_ID, device=device)
+        self.best_length = torch.zeros(batch, dtype=torch.long, device=device)
+        self.top_scores = torch.full((batch, beams), float("-inf"), dtype=torch.float64, device=device)
+
+    def add(self, scores: torch.Tensor, length: int, tokens_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`scores` `[B, C]`: sums of log-probabilities of C hypotheses of `length` tokens each, -inf where there
+        is none, in the order they were found; `tokens_of(pick)` gives the tokens of the `[B, 1]` picked ones."""
+        scores = scores / length ** self.length_penalty
+        pick = scores.argmax(dim=1, keepdim=True)  # the first of equals
+        score = scores.gather(1, pick).squeeze(1)
+        better = score > self.best_score
+        self.best_tokens[:, :length] = torch.where(better[:, None], tokens_of(pick), self.best_tokens[:, :length])
+        self.best_length = torch.where(better, length, self.best_length)
+        self.best_score = torch.where(better, score, self.best_score)
+        self.top_scores = torch.cat([self.top_scores, scores], dim=1).topk(self.top_scores.size(1), dim=1).values
+
+    def may_improve(self, best_open: torch.Tensor, length: int) -> torch.Tensor:
+        """Keep searching until K hypotheses have finished and the best open beam, scored at its current
+        length, is no better than the K-th best of them (the usual heuristic: it is not an exact bound)."""
+        normalised = best_open.double() / length ** self.length_penalty
+        return (best_open > float("-inf")) & (normalised > self.top_scores[:, -1])
+
+    def best(self) -> list[list[int]]:
+        return [row[:length] for row, length in zip(self.best_tokens.tolist(), self.best_length.tolist())]
+
+
+def next_beams(kept: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor,
+               own_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept candidates, best first, as the next beams: (source row, new token, score), each `[B, K]`.
+    Beams left over keep their row, fed padding at score -inf."""
+    beams = own_rows.size(1)
+    # Kept candidates go to slots 0, 1, ...; the others all land in an extra slot, dropped after.
+    slot = torch.where(kept, kept.cumsum(dim=1) - 1, beams)
+
+    def place(values: torch.Tensor, default: torch.Tensor | float) -> torch.Tensor:
+        start = torch.zeros_like(values[:, :beams + 1])
+        start[:, :beams] = default
+        return start.scatter(1, slot, values)[:, :beams].contiguous()
+
+    return place(rows, own_rows), place(tokens, PAD_ID), place(scores, float("-inf"))
+
+
+def generator_of(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The generator sampling draws from: the one given, or the device's default."""
+    if generator is not None:
+        return generator
+    return torch.cuda.default_generators[device.index] if device.type == "cuda" else torch.default_generator
+
+
+def copy_cache_rows(cache: list[KVCache], order: torch.Tensor, start: int) -> int:
+    """Make cache row i hold what row `order[i]` holds at the positions from `start` on, where the rows may
+    differ; returns the filled length, up to which they now agree."""
+    for layer in cache:
+        differ = slice(start, layer.length)
+        layer.keys[:, :, differ] = layer.keys[:, :, differ].index_select(0, order)
+        layer.values[:, :, differ] = layer.values[:, :, differ].index_select(0, order)
+    return cache[0].length
 
 
 def penalise_repeats(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -316,12 +416,41 @@ def sampling_distribution(logits: torch.Tensor, temperature: float, top_k: int, 
         kth_largest = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
-        # A token is dropped once the likelier ones already reach top_p; the likeliest always stays.
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
+        logits = logits.masked_fill(logits < nucleus_floor(logits, top_p), float("-inf"))
     return logits.softmax(dim=-1)
+
+
+def nucleus_floor(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`[R, 1]`: the smallest logit top-p keeps in each row. Tokens taken likeliest first stay while the ones
+    before them hold less than top_p of the probability; tokens tied with the last one kept stay too.
+    On the CPU the NUCLEUS_HEAD likeliest tokens settle most rows and only the others are sorted whole (its
+    cumsum adds in order, so both give the same sums). A GPU sorts every row: choosing rows would wait for it."""
+    probs = logits.softmax(dim=-1)
+    if logits.device.type != "cpu":
+        return nucleus_cut(*descending(logits, probs), top_p)[0]
+    floor, settled = nucleus_cut(*descending(logits, probs, NUCLEUS_HEAD), top_p)
+    unsettled = ~settled
+    if unsettled.any():
+        floor[unsettled] = nucleus_cut(*descending(logits[unsettled], probs[unsettled]), top_p)[0]
+    return floor
+
+
+def descending(logits: torch.Tensor, probs: torch.Tensor, head: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's logits in descending order with their probabilities: all of them, or the `head` largest."""
+    if head is None or head >= logits.size(-1):
+        values, ids = logits.sort(dim=-1, descending=True)
+    else:
+        values, ids = logits.topk(head, dim=-1)
+    return values, probs.gather(1, ids)
+
+
+def nucleus_cut(logits: torch.Tensor, probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the likeliest logits of each row in descending order, with their probabilities: the smallest one
+    top-p keeps `[R, 1]`, and whether their mass reaches top_p `[R]`, which settles that no later one is kept."""
+    mass = probs.cumsum(dim=-1)
+    # Token i + 1 stays while the mass up to token i is below top_p; the likeliest always stays.
+    kept = 1 + (mass[:, :-1] < top_p).sum(dim=-1, keepdim=True)
+    return logits.gather(1, kept - 1), mass[:, -1] >= top_p
 
 
 def max_cosine_similarity(candidates: torch.Tensor, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,15 @@
 """Batched decoding strategies on a tiny random GPT-2 with left-padded prompts of unequal length."""
+import copy
+import sys
+import warnings
+
 import pytest
 import torch
 
 from config import GPT2Config, UserError
-from models.decoding import DecodingConfig, generate, greedy_decode
+from models import decoding
+from models.decoding import (CHECK_EVERY, NUCLEUS_HEAD, PAD_ID, DecodingConfig, generate, greedy_decode,
+                             sampling_distribution)
 from models.gpt2 import GPT2Model
 
 PROMPT_LENGTHS = [8, 3, 5]
@@ -15,6 +21,16 @@ def model() -> GPT2Model:
     torch.manual_seed(0)
     return GPT2Model(GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 max_position_embeddings=128)).eval()
+
+
+@pytest.fixture(scope="module")
+def peaked_model(model) -> GPT2Model:
+    """The tiny model with its (tied) embeddings scaled up: its next-token distributions are as peaked as a
+    trained model's, so top-p keeps few tokens, where the random model's nearly uniform ones keep most."""
+    peaked = copy.deepcopy(model)
+    with torch.no_grad():
+        peaked.word_embedding.weight.mul_(30)
+    return peaked
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +118,18 @@ def cut_after_lines(row: list[int], line_break_ids: set[int], max_lines: int) ->
     return row[:breaks[max_lines - 1] + 1] if len(breaks) >= max_lines else row
 
 
-def test_max_lines_stops_each_row_after_its_last_line_break(model, prompts):
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "contrastive"])
+def test_max_lines_stops_each_row_after_its_last_line_break(model, prompts, strategy):
     """Stopping must not change a row's tokens, only cut them: compare with unstopped decoding, taking
-    pretend line breaks from its output so that rows stop at different steps."""
-    reference = run(model, prompts, max_new_tokens=30, repetition_penalty=5.0)
-    line_breaks = {reference[0][2], reference[0][6], reference[1][4], reference[1][9]}
-    rows = run(model, prompts, max_new_tokens=30, repetition_penalty=5.0, max_lines=2,
-               line_break_ids=list(line_breaks))
+    pretend line breaks from its output so that rows stop at different steps, all before the last."""
+    settings = dict(strategy=strategy, max_new_tokens=30, repetition_penalty=5.0)
+    reference = run(model, prompts, generator=torch.Generator().manual_seed(0), **settings)
+    line_breaks = {reference[0][2], reference[0][6], reference[1][4], reference[1][9],
+                   reference[2][5], reference[2][11]}
+    rows = run(model, prompts, max_lines=2, line_break_ids=list(line_breaks),
+               generator=torch.Generator().manual_seed(0), **settings)
     assert rows == [cut_after_lines(row, line_breaks, 2) for row in reference]
-    assert len({len(row) for row in rows}) == len(rows)
+    assert len({len(row) for row in rows}) == len(rows) and max(map(len, rows)) < 30
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "sample", "beam", "contrastive"])
@@ -185,3 +204,229 @@ def test_kv_cache_reorder_permutes_rows(model, prompts):
 def test_config_rejects_invalid_settings_naming_the_flag(settings, message):
     with pytest.raises(UserError, match=message):
         DecodingConfig(**settings)
+
+
+# --- the batched loops against the strategies written out plainly ---
+
+def top_p_reference(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p over every token sorted: taken likeliest first, a token stays while the ones before it hold
+    less than top_p of the probability; tokens tied with the last one kept stay too."""
+    probs = logits.softmax(dim=-1)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    mass = probs.gather(1, order).cumsum(dim=-1)
+    mass_before = torch.cat([torch.zeros_like(mass[:, :1]), mass[:, :-1]], dim=1)
+    last_kept = sorted_logits.gather(1, (mass_before < top_p).sum(dim=-1, keepdim=True) - 1)
+    return logits.masked_fill(logits < last_kept, float("-inf")).softmax(dim=-1)
+
+
+@torch.no_grad()
+def sample_reference(model, prompts, generator: torch.Generator, temperature: float, top_p: float,
+                     new_tokens: int, line_breaks: set[int] = frozenset(), max_lines: int = 0) -> list[list[int]]:
+    """Sampling written out: each step recomputes the whole batch without a cache, top-p sorts every token,
+    stopped rows get padding and the loop ends at the first step after which every row has stopped."""
+    input_ids, mask = prompts
+    tokens, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool)
+    for _ in range(new_tokens):
+        logits = model.hidden_state_to_token(model(tokens, mask)["last_token"]) / temperature
+        probs = top_p_reference(logits, top_p) if top_p < 1 else logits.softmax(dim=-1)
+        next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1).masked_fill(done, PAD_ID)
+        tokens, mask = torch.cat([tokens, next_token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        generated = tokens[:, input_ids.size(1):].tolist()
+        done = torch.tensor([max_lines > 0 and sum(t in line_breaks for t in row) >= max_lines for row in generated])
+        if done.all():
+            break
+    return [cut_after_lines(row, line_breaks, max_lines) if max_lines else row for row in generated]
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (1.3, 0.9), (0.7, 0.5)])
+@pytest.mark.parametrize("peaked", [False, True], ids=["flat", "peaked"])
+@pytest.mark.parametrize("max_lines", [0, 2])
+def test_sampling_matches_plain_sampling_and_leaves_the_generator_alike(model, peaked_model, prompts, temperature,
+                                                                        top_p, peaked, max_lines):
+    """Same seed, same tokens; and when every row stops early, the generator ends where a loop that looks at
+    the rows every step leaves it (so a later call drawing from it draws the same)."""
+    model = peaked_model if peaked else model
+    settings = dict(strategy="sample", temperature=temperature, top_p=top_p, max_new_tokens=2 * CHECK_EVERY + 3)
+    unstopped = run(model, prompts, generator=torch.Generator().manual_seed(1), **settings)
+    line_breaks = {unstopped[0][3], unstopped[0][8], unstopped[1][6], unstopped[1][9], unstopped[2][1],
+                   unstopped[2][12]}
+    ours, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    rows = run(model, prompts, generator=ours, max_lines=max_lines, line_break_ids=list(line_breaks), **settings)
+    assert rows == sample_reference(model, prompts, theirs, temperature, top_p, settings["max_new_tokens"],
+                                    line_breaks, max_lines)
+    assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=theirs))
+    if max_lines:
+        assert max(map(len, rows)) < CHECK_EVERY  # every row stopped between two looks: the loop ran on
+
+
+def test_sampling_without_a_generator_draws_from_the_default_one(model, prompts):
+    settings = dict(strategy="sample", temperature=1.3, max_new_tokens=2 * CHECK_EVERY)
+    torch.manual_seed(2)
+    line_breaks = {row[4] for row in run(model, prompts, **settings)}  # every row stops by its fifth token
+    torch.manual_seed(2)
+    rows, after = run(model, prompts, max_lines=1, line_break_ids=list(line_breaks), **settings), torch.rand(4)
+    torch.manual_seed(2)
+    expected = sample_reference(model, prompts, torch.default_generator, 1.3, 1.0, 2 * CHECK_EVERY, line_breaks, 1)
+    assert rows == expected and torch.equal(torch.rand(4), after)
+
+
+@torch.no_grad()
+def next_logprobs(model, tokens: list[int]) -> torch.Tensor:
+    return model.hidden_state_to_token(model(torch.tensor([tokens]))["last_hidden_state"][0, -1]).log_softmax(dim=-1)
+
+
+def beam_reference(model, prompt: list[int], beams: int, length_penalty: float, line_breaks: set[int],
+                   max_lines: int) -> list[int]:
+    """Beam search written out for one unpadded prompt, recomputing without a cache. Each step takes the 2K
+    likeliest extensions of the beams best first: one that ends its last line finishes, the others continue
+    until K do. The search ends once K have finished and the best open beam, scored at its length, is no
+    better than the K-th of them; beams open at the end finish too."""
+    def normalised(score: float, length: int) -> float:
+        return score / length ** length_penalty
+
+    open_beams, finished = [(0.0, [])], []
+    for length in range(1, NEW_TOKENS + 1):
+        candidates = []
+        for score, generated in open_beams:
+            totals = torch.tensor(score) + next_logprobs(model, prompt + generated)  # float32 sums, as batched
+            top = totals.topk(2 * beams)
+            candidates += [(s, generated + [t]) for s, t in zip(top.values.tolist(), top.indices.tolist())]
+        open_beams = []
+        for score, hypothesis in sorted(candidates, key=lambda c: -c[0])[:2 * beams]:
+            if len(open_beams) == beams:
+                break
+            if max_lines and hypothesis[-1] in line_breaks and sum(t in line_breaks for t in hypothesis) >= max_lines:
+                finished.append((normalised(score, length), hypothesis))
+            else:
+                open_beams.append((score, hypothesis))
+        kth_best = sorted((s for s, _ in finished), reverse=True)[beams - 1] if len(finished) >= beams else None
+        if not open_beams or kth_best is not None and normalised(open_beams[0][0], length) <= kth_best:
+            return max(finished, key=lambda h: h[0])[1]
+    finished += [(normalised(score, NEW_TOKENS), hypothesis) for score, hypothesis in open_beams]
+    return max(finished, key=lambda h: h[0])[1]
+
+
+@pytest.mark.parametrize("beams, length_penalty, max_lines", [(1, 1.0, 0), (3, 1.0, 0), (4, 0.0, 0), (2, 2.0, 1),
+                                                              (4, 1.0, 2), (5, 0.5, 1)])
+def test_beam_search_matches_unbatched_reference(model, prompts, beams, length_penalty, max_lines):
+    greedy = greedy_reference(model, prompts)
+    line_breaks = {greedy[0][2], greedy[1][5], greedy[1][7], greedy[2][3]}  # tokens the model likes, as breaks
+    rows = run(model, prompts, strategy="beam", num_beams=beams, length_penalty=length_penalty, max_lines=max_lines,
+               line_break_ids=list(line_breaks))
+    for row, generated in enumerate(rows):
+        assert generated == beam_reference(model, real_tokens(prompts, row, []), beams, length_penalty, line_breaks,
+                                           max_lines)
+
+
+def test_contrastive_search_copies_only_the_newest_cache_position(model, prompts, monkeypatch):
+    copied = []
+    copy_rows = decoding.copy_cache_rows
+
+    def spy(cache, order, start):
+        copied.append(cache[0].length - start)
+        return copy_rows(cache, order, start)
+
+    monkeypatch.setattr(decoding, "copy_cache_rows", spy)
+    run(model, prompts, strategy="contrastive")
+    assert copied == [prompts[0].size(1) + 1] + [1] * (NEW_TOKENS - 1)  # the first step copies the prompt too
+
+
+# --- top-p over the likeliest tokens ---
+
+def test_top_p_equals_sorting_every_token():
+    """Bitwise the same probabilities, hence the same draws, as sorting all tokens, over rows flat enough that
+    the NUCLEUS_HEAD likeliest tokens fall short of top_p (sorted whole) and peaked ones (settled by them),
+    with ties at the cut, and a top_p so close to 1 that no row is settled."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])[:, None]
+    settled_seen = unsettled_seen = False
+    for seed in range(4):
+        logits = torch.randn(len(scales), 50257, generator=generator) * scales
+        if seed == 3:  # coarse logits: many ties, also at the cut
+            logits = (logits * 2).round() / 2
+        for temperature in (0.6, 1.0, 1.7):
+            for top_k in (0, 1000):
+                for top_p in (0.05, 0.5, 0.9, 0.99, 0.9999, 1 - 1e-9):
+                    probs = sampling_distribution(logits, temperature, top_k, top_p)
+                    filtered = logits / temperature
+                    if top_k:
+                        filtered = filtered.masked_fill(filtered < filtered.topk(top_k).values[:, -1:], float("-inf"))
+                    expected = top_p_reference(filtered, top_p)
+                    assert torch.equal(probs, expected), (seed, temperature, top_k, top_p)
+                    draws = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+                    assert torch.equal(torch.multinomial(probs, 4, generator=draws[0]),
+                                       torch.multinomial(expected, 4, generator=draws[1]))
+                    settled = filtered.softmax(dim=-1).topk(NUCLEUS_HEAD).values.sum(dim=-1) >= top_p
+                    settled_seen |= bool(settled.any())
+                    unsettled_seen |= bool((~settled).any())
+    assert settled_seen and unsettled_seen
+
+
+# --- what the host reads per token ---
+
+@pytest.fixture
+def host_reads(monkeypatch) -> list[str]:
+    """Names of the calls made from models/decoding.py that read a tensor's value on the host or build a tensor
+    from Python data: on a GPU each waits for the device or copies to it."""
+    reads = []
+
+    def counted(name, original):
+        def wrapper(*args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == decoding.__file__:
+                reads.append(name)
+            return original(*args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, "tensor", counted("tensor", torch.tensor))
+    return reads
+
+
+# Every control that runs per token; the pretend line break never comes 50 times, so no row stops and the host
+# looks every CHECK_EVERY tokens. Top-p is left out: on the CPU it looks at its rows each token by design.
+PER_TOKEN_SETTINGS = [
+    dict(strategy="greedy"),
+    dict(strategy="greedy", repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0, line_length=3, max_lines=50),
+    dict(strategy="sample", temperature=1.5, top_k=20, repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0,
+         line_length=3, max_lines=50),
+]
+
+
+@pytest.mark.parametrize("settings", PER_TOKEN_SETTINGS, ids=["greedy", "greedy-controls", "sample-controls"])
+def test_greedy_and_sampling_read_nothing_back_per_token(model, prompts, host_reads, settings):
+    def reads(new_tokens: int) -> int:
+        host_reads.clear()
+        run(model, prompts, max_new_tokens=new_tokens, line_break_ids=[198], line_end_ids=[198],
+            generator=torch.Generator().manual_seed(0), **settings)
+        assert "tolist" in host_reads and "tensor" in host_reads  # the results, the constants: the spy works
+        return len(host_reads)
+
+    looks = 2 if settings.get("max_lines") else 0
+    assert reads(3 * CHECK_EVERY) - reads(CHECK_EVERY) == looks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("settings", PER_TOKEN_SETTINGS + [dict(strategy="sample", temperature=1.2, top_p=0.9)],
+                         ids=["greedy", "greedy-controls", "sample-controls", "top-p"])
+def test_greedy_and_sampling_never_wait_for_the_gpu_per_token(model, prompts, settings):
+    """Counted with torch's sync debug mode: "error" would also stop the syncs made once per call (the results'
+    transfer, the constants', the prefill's), so this counts warnings and compares two lengths."""
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu_prompts = tuple(tensor.cuda() for tensor in prompts)
+
+    def syncs(new_tokens: int) -> int:
+        generator = torch.Generator("cuda").manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run(gpu_model, gpu_prompts, max_new_tokens=new_tokens, line_break_ids=[198], line_end_ids=[198],
+                    generator=generator, **settings)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(warning.message) for warning in caught)
+
+    syncs(CHECK_EVERY)  # warm-up: first kernel launches and allocations
+    looks = 2 if settings.get("max_lines") else 0
+    assert syncs(3 * CHECK_EVERY) - syncs(CHECK_EVERY) == looks
