@@ -127,12 +127,9 @@ class Decoder:
             end = self.prompt_len + step
             logits = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines)
             next_token = self.choose(logits, generator).masked_fill(done, PAD_ID)
-            tokens[:, end] = next_token
-            lines.advance(next_token)
-            if self.config.max_lines:
-                done = lines.count >= self.config.max_lines
-                if early_stop(step, done):
-                    break
+            done = self.record(tokens, end, next_token, lines, done)
+            if self.config.max_lines and early_stop(step, done):
+                break
             if step + 1 < self.config.max_new_tokens:
                 hidden = self.model(next_token[:, None], mask[:, :end + 1], cache)["last_token"]
         return tokens[:, self.prompt_len:end + 1]
@@ -167,13 +164,17 @@ class Decoder:
             hidden = candidates[rows, best]
             history = torch.cat([history, hidden[:, None]], dim=1)
             next_token = top_ids[rows, best].masked_fill(done, PAD_ID)
-            tokens[:, end] = next_token
-            lines.advance(next_token)
-            if self.config.max_lines:
-                done = lines.count >= self.config.max_lines
-                if early_stop(step, done):
-                    break
+            done = self.record(tokens, end, next_token, lines, done)
+            if self.config.max_lines and early_stop(step, done):
+                break
         return tokens[:, self.prompt_len:end + 1]
+
+    def record(self, tokens: torch.Tensor, end: int, next_token: torch.Tensor, lines: "LineState",
+               done: torch.Tensor) -> torch.Tensor:
+        """Write the step's tokens into column `end`; the rows done after it (those at --max_lines)."""
+        tokens[:, end] = next_token
+        lines.advance(next_token)
+        return lines.count >= self.config.max_lines if self.config.max_lines else done
 
     def beam_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
         """Beam search over `B * num_beams` rows (prompt b owns rows b*K .. b*K+K-1) sharing one cache, all
