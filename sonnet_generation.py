@@ -92,13 +92,18 @@ def get_settings(argv: list[str]) -> Settings:
 
 
 def read_dev_sonnets(task: SonnetSettings) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """The dev prompts and their gold sonnets; each prompt needs its gold sonnet, for the chrF scored after
-    every epoch."""
+    """The dev prompts and their gold sonnets, the same numbers in both: the chrF scored after every epoch
+    compares each gold sonnet with the one generated from its prompt."""
     prompts, gold = read_sonnets(task.held_out_dev_path, PROMPT_LINES), read_sonnets(task.gold_dev_path)
     missing = sorted(prompts.keys() - gold.keys())
     if missing:
         raise UserError(f"--held_out_dev_path {task.held_out_dev_path}: sonnet(s) {', '.join(map(str, missing))} "
                         f"are not in --gold_dev_path {task.gold_dev_path}, so they cannot be scored")
+    unprompted = sorted(gold.keys() - prompts.keys())
+    if unprompted:
+        raise UserError(f"--gold_dev_path {task.gold_dev_path}: sonnet(s) {', '.join(map(str, unprompted))} have "
+                        f"no prompt in --held_out_dev_path {task.held_out_dev_path}, so nothing is generated to "
+                        "score against them")
     return prompts, gold
 
 

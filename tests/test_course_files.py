@@ -267,11 +267,13 @@ def test_files_we_write_have_the_usual_permissions(tmp_path):
 
 @pytest.mark.skipif(not (DATA / "sonnets.txt").is_file(), reason="course data not in data/ (bash setup.sh)")
 def test_a_script_shows_a_warning_in_one_line(tmp_path, capsys):
-    held_out, damaged = tmp_path / "held_out_dev.txt", tmp_path / "sonnets.txt"
+    held_out, gold, damaged = tmp_path / "held_out_dev.txt", tmp_path / "gold.txt", tmp_path / "sonnets.txt"
     held_out.write_bytes(CASES["the last held-out sonnet without its number line"][1])
+    gold.write_bytes(COURSE_HEADER + b"132\n\n" + b"A line\n" * 14)
     damaged.write_bytes(b"")
     with pytest.raises(SystemExit):
-        sonnet_generation.main(["--held_out_dev_path", str(held_out), "--sonnet_path", str(damaged)])
+        sonnet_generation.main(["--held_out_dev_path", str(held_out), "--gold_dev_path", str(gold), "--sonnet_path",
+                                str(damaged)])
     assert capsys.readouterr().err.splitlines() == [
         f"sonnet_generation.py: warning: {held_out}, line 5: prompt 132 has 6 lines, where a held-out prompt has 3 "
         "(is sonnet 133's number line missing?)",

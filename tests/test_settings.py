@@ -101,6 +101,8 @@ classifier | --fine-tune-mode last-linear-layer --cloze | --cloze: has no new he
 classifier | --label_words bad,good | --label_words 'bad,good': only with --cloze
 classifier | --cloze --label_words bad,good | sst has 5 classes, and needs as many words
 classifier | --precision bf16 | --precision 'bf16': is for GPUs: add --use_gpu, or use --precision fp32
+paraphrase | --precision tf32 | --precision 'tf32': is for GPUs: add --use_gpu, or use --precision fp32
+classifier | --precision half | argument --precision: invalid choice: 'half'
 classifier | --resume --overwrite | --overwrite: cannot be combined with --resume
 classifier | --resume --epochs 0 | --resume: continues training up to --epochs
 classifier | --model_path no/such/dir | --model_path no/such/dir: not a directory holding config.json
@@ -385,3 +387,14 @@ def test_a_nan_is_caught_at_most_log_every_steps_late_and_never_saved(monkeypatc
     assert last["progress"]["epoch"] == 1 and last["progress"]["step"] == 8
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert max(r["step"] for r in metrics(tmp_path / "run/sst") if r["split"] == "train") == 9
+
+
+def test_gold_dev_sonnets_without_a_prompt_are_refused_at_start_up(capsys, tmp_path, checkpoint):
+    prompts = tmp_path / "held_out_dev.txt"
+    prompts.write_text("Sonnets\n\n132\n\nThine eyes I love, and they, as pitying me,\nKnowing thy heart torment "
+                       "me with disdain,\nHave put on black, and loving mourners be,\n")
+    message = refusal(capsys, "sonnets", base_flags("sonnets", checkpoint, tmp_path)
+                      + ["--held_out_dev_path", str(prompts)])
+    assert ("--gold_dev_path data/TRUE_sonnets_held_out_dev.txt: sonnet(s) 133, 134, 135, 136, 137, 138, 139, 140, "
+            "141, 142, 143 have no prompt in --held_out_dev_path") in message
+    assert not (tmp_path / "run").exists()

@@ -98,16 +98,30 @@ def read_table(path: str | Path, required: Sequence[str]) -> list[Row]:
     """
     path = Path(path)
     lines = read_lines(path)
+    columns = header(path, lines, required)
+    require_columns(path, columns, required)
+    return table_rows(path, lines, columns)
+
+
+def header(path: Path, lines: list[str], named: Sequence[str]) -> list[str]:
+    """The column names on line 1; `named` are the columns an empty file is told to name."""
     if not any(line.strip(" ") for line in lines):
         raise UserError(f"{path} is empty: a course CSV starts with a header line naming its columns "
-                        f"({', '.join(required)})")
+                        f"({', '.join(named)})")
     if not lines[0].strip(" "):
         raise UserError(f"{path}, line 1: blank; the first line is the header naming the columns")
-    columns = [name.strip(" ") for name in split_fields(lines[0], f"{path}, line 1")]
+    return [name.strip(" ") for name in split_fields(lines[0], f"{path}, line 1")]
+
+
+def require_columns(path: Path, columns: list[str], required: Sequence[str]) -> None:
     for name in required:
         if columns.count(name) != 1:
             problem = "is missing" if name not in columns else "appears twice"
             raise UserError(f"{path}, line 1: column {name!r} {problem}; the header names {columns}")
+
+
+def table_rows(path: Path, lines: list[str], columns: list[str]) -> list[Row]:
+    """Every line after the header as a row of `columns` (see `read_table`)."""
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip(" "):
@@ -248,14 +262,15 @@ def read_gold(path: str | Path, label_column: str | None = None) -> tuple[dict[s
     """(normalised label by id, ids of rows with an empty label, the label column) of a labelled course CSV.
     The label column is `label_column`, else whichever of sentiment / is_duplicate the header names."""
     path = Path(path)
-    header = read_lines(path)[:1]
-    names = [name.strip(" ") for name in split_fields(header[0], f"{path}, line 1")] if header else []
+    lines = read_lines(path)
+    names = header(path, lines, ("id", label_column or " or ".join(LABEL_COLUMNS)))
     column = label_column or next((name for name in LABEL_COLUMNS if name in names), None)
     if column is None:
         raise UserError(f"{path}, line 1: no {' or '.join(map(repr, LABEL_COLUMNS))} label column; the header "
                         f"names {names}")
+    require_columns(path, names, ("id", column))
     gold, unlabelled, first_seen = {}, [], {}
-    for row in read_table(path, ("id", column)):
+    for row in table_rows(path, lines, names):
         example_id = read_id(row, f"{path}, line {row.line}", first_seen)
         label = normalise_label(row.fields[column])
         if label:
