@@ -63,9 +63,9 @@ def greedy_decode(model: GPT2Model, input_ids: torch.Tensor, max_new_tokens: int
     """Append `max_new_tokens` argmax tokens to each prompt (prompts of unequal length are left-padded).
     With the cache each step feeds only the newest token; without it every step recomputes the prefix."""
     cache = model.new_cache(input_ids.size(1) + max_new_tokens) if use_cache else None
-    tokens, step_input = input_ids, input_ids
+    tokens, step_input, padding = input_ids, input_ids, padding_of(attention_mask)
     for _ in range(max_new_tokens):
-        hidden = model(step_input if use_cache else tokens, attention_mask, cache)["last_hidden_state"]
+        hidden = model(step_input if use_cache else tokens, attention_mask, cache, padding)["last_hidden_state"]
         next_token = model.hidden_state_to_token(hidden[:, -1]).argmax(dim=-1, keepdim=True)
         tokens = torch.cat([tokens, next_token], dim=1)
         if attention_mask is not None:
@@ -83,7 +83,7 @@ def generate(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Te
     break when `config.max_lines` stopped the row. `generator` makes sampling reproducible."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    decoder = Decoder(model, config, list(line_break_ids), list(line_end_ids), input_ids)
+    decoder = Decoder(model, config, list(line_break_ids), list(line_end_ids), input_ids, attention_mask)
     if config.strategy == "beam":
         return decoder.beam_search(input_ids, attention_mask)
     if config.strategy == "contrastive":
@@ -98,8 +98,9 @@ class Decoder:
     one column a step, and shows the model and the controls the filled columns."""
 
     def __init__(self, model: GPT2Model, config: DecodingConfig, line_break_ids: list[int],
-                 line_end_ids: list[int], input_ids: torch.Tensor):
+                 line_end_ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.model, self.config, self.prompt_len = model, config, input_ids.size(1)
+        self.padding = padding_of(attention_mask)
         self.line_break_ids = frozenset(line_break_ids)
         self.max_len = self.prompt_len + config.max_new_tokens
         vocab_size, device = model.config.vocab_size, input_ids.device
@@ -119,7 +120,7 @@ class Decoder:
         generator = None if self.config.strategy == "greedy" else generator_of(generator, input_ids.device)
         tokens, mask = self.buffers(input_ids, attention_mask)
         cache = self.model.new_cache(self.max_len)
-        hidden = self.model(input_ids, attention_mask, cache)["last_token"]
+        hidden = self.feed(input_ids, attention_mask, cache)
         lines = LineState(input_ids.size(0), self.is_line_break)
         done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
         early_stop = EarlyStop(self.config.max_new_tokens, input_ids.device, generator)
@@ -131,7 +132,7 @@ class Decoder:
             if self.config.max_lines and early_stop(step, done):
                 break
             if step + 1 < self.config.max_new_tokens:
-                hidden = self.model(next_token[:, None], mask[:, :end + 1], cache)["last_token"]
+                hidden = self.feed(next_token[:, None], mask[:, :end + 1], cache)
         return tokens[:, self.prompt_len:end + 1]
 
     def contrastive_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,8 @@ class Decoder:
         tokens, mask = self.buffers(input_ids, attention_mask)
         candidate_mask = mask.repeat_interleave(k, 0)
         cache = self.model.new_cache(self.max_len)
-        out = self.model(input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0), cache)
+        out = self.model(input_ids.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0), cache,
+                         self.padding)
         history, hidden = out["last_hidden_state"][::k], out["last_token"][::k]
         lines = LineState(batch, self.is_line_break)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -156,8 +158,7 @@ class Decoder:
             end = self.prompt_len + step
             probs = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines).softmax(dim=-1)
             top_probs, top_ids = probs.topk(k, dim=-1)
-            candidates = self.model(top_ids.reshape(-1, 1), candidate_mask[:, :end + 1],
-                                    cache)["last_token"].view(batch, k, -1)
+            candidates = self.feed(top_ids.reshape(-1, 1), candidate_mask[:, :end + 1], cache).view(batch, k, -1)
             degeneration = max_cosine_similarity(candidates, history, mask[:, :end].bool())
             best = ((1 - alpha) * top_probs - alpha * degeneration).argmax(dim=-1)
             agreed = copy_cache_rows(cache, (rows * k + best).repeat_interleave(k), agreed)
@@ -184,7 +185,7 @@ class Decoder:
         input_ids, attention_mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
         tokens, mask = self.buffers(input_ids, attention_mask)
         cache = self.model.new_cache(self.max_len)
-        hidden = self.model(input_ids, attention_mask, cache)["last_token"]
+        hidden = self.feed(input_ids, attention_mask, cache)
         # The K copies of a prompt are identical: only the first may expand, or each hypothesis would appear K times.
         scores = torch.full((batch, beams), float("-inf"), device=device)
         scores[:, 0] = 0.0
@@ -217,7 +218,7 @@ class Decoder:
             if early_stop(step, ~searching):
                 break
             if step + 1 < self.config.max_new_tokens:
-                hidden = self.model(tokens[:, end:end + 1], mask[:, :end + 1], cache)["last_token"]
+                hidden = self.feed(tokens[:, end:end + 1], mask[:, :end + 1], cache)
         # Beams still open when the token budget ran out are hypotheses too.
         finished.add(torch.where(searching[:, None], scores.double(), float("-inf")), step + 1,
                      lambda pick: tokens[own_rows.gather(1, pick).squeeze(1), self.prompt_len:end + 1])
@@ -243,6 +244,10 @@ class Decoder:
         return self.is_line_break[tokens] & (lines_so_far + 1 >= limit)
 
     # --- shared pieces ---
+
+    def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+        """The hidden state of each row's last token after feeding `input_ids` through the cache."""
+        return self.model(input_ids, attention_mask, cache, self.padding)["last_token"]
 
     def buffers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and attention mask of the whole generation, the prompt written in; the new tokens are real."""
@@ -368,6 +373,15 @@ def next_beams(kept: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, sco
         return start.scatter(1, slot, values)[:, :beams].contiguous()
 
     return place(rows, own_rows), place(tokens, PAD_ID), place(scores, float("-inf"))
+
+
+def padding_of(attention_mask: torch.Tensor | None) -> str | None:
+    """Where the prompts' pads are, for the model: read once per call, so that the model need not look at the
+    mask at every step (each look waits for the GPU). New tokens are real: prompts without pads never get any,
+    and "right" leaves them the plain causal mask, as looking would."""
+    if attention_mask is None:
+        return None
+    return "left" if bool((attention_mask == 0).any()) else "right"
 
 
 def generator_of(generator: torch.Generator | None, device: torch.device) -> torch.Generator:

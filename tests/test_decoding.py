@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from config import GPT2Config, UserError
-from models import decoding
-from models.decoding import (CHECK_EVERY, NUCLEUS_HEAD, PAD_ID, DecodingConfig, generate, greedy_decode,
+from models import decoding, gpt2
+from models.decoding import (CHECK_EVERY, NUCLEUS_HEAD, PAD_ID, Decoder, DecodingConfig, generate, greedy_decode,
                              sampling_distribution)
 from models.gpt2 import GPT2Model
+from modules import attention, gpt2_layer
 
 PROMPT_LENGTHS = [8, 3, 5]
 NEW_TOKENS = 12
@@ -336,7 +337,7 @@ def test_contrastive_search_copies_only_the_newest_cache_position(model, prompts
 def test_top_p_equals_sorting_every_token():
     """Bitwise the same probabilities, hence the same draws, as sorting all tokens, over rows flat enough that
     the NUCLEUS_HEAD likeliest tokens fall short of top_p (sorted whole) and peaked ones (settled by them),
-    with ties at the cut, and a top_p so close to 1 that no row is settled."""
+    with ties at the cut, and top_p values so close to 1 that most rows are sorted whole."""
     generator = torch.Generator().manual_seed(0)
     scales = torch.tensor([0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])[:, None]
     settled_seen = unsettled_seen = False
@@ -366,13 +367,13 @@ def test_top_p_equals_sorting_every_token():
 
 @pytest.fixture
 def host_reads(monkeypatch) -> list[str]:
-    """Names of the calls made from models/decoding.py that read a tensor's value on the host or build a tensor
-    from Python data: on a GPU each waits for the device or copies to it."""
-    reads = []
+    """Names of the calls made from the decoding and the model's code that read a tensor's value on the host
+    or build a tensor from Python data: on a GPU each waits for the device or copies to it."""
+    reads, files = [], {decoding.__file__, gpt2.__file__, attention.__file__, gpt2_layer.__file__}
 
     def counted(name, original):
         def wrapper(*args, **kwargs):
-            if sys._getframe(1).f_code.co_filename == decoding.__file__:
+            if sys._getframe(1).f_code.co_filename in files:
                 reads.append(name)
             return original(*args, **kwargs)
         return wrapper
@@ -383,17 +384,14 @@ def host_reads(monkeypatch) -> list[str]:
     return reads
 
 
+CONTROLS = dict(repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0, line_length=3)
+
+
 # Every control that runs per token; the pretend line break never comes 50 times, so no row stops and the host
 # looks every CHECK_EVERY tokens. Top-p is left out: on the CPU it looks at its rows each token by design.
-PER_TOKEN_SETTINGS = [
-    dict(strategy="greedy"),
-    dict(strategy="greedy", repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0, line_length=3, max_lines=50),
-    dict(strategy="sample", temperature=1.5, top_k=20, repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0,
-         line_length=3, max_lines=50),
-]
-
-
-@pytest.mark.parametrize("settings", PER_TOKEN_SETTINGS, ids=["greedy", "greedy-controls", "sample-controls"])
+@pytest.mark.parametrize("settings", [dict(strategy="greedy"), dict(strategy="greedy", max_lines=50, **CONTROLS),
+                                      dict(strategy="sample", temperature=1.5, top_k=20, max_lines=50, **CONTROLS)],
+                         ids=["greedy", "greedy-controls", "sample-controls"])
 def test_greedy_and_sampling_read_nothing_back_per_token(model, prompts, host_reads, settings):
     def reads(new_tokens: int) -> int:
         host_reads.clear()
@@ -406,27 +404,46 @@ def test_greedy_and_sampling_read_nothing_back_per_token(model, prompts, host_re
     assert reads(3 * CHECK_EVERY) - reads(CHECK_EVERY) == looks
 
 
+@pytest.fixture
+def on_gpu(model, prompts) -> tuple[GPT2Model, torch.Tensor, torch.Tensor]:
+    return copy.deepcopy(model).cuda(), *(tensor.cuda() for tensor in prompts)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("settings", PER_TOKEN_SETTINGS + [dict(strategy="sample", temperature=1.2, top_p=0.9)],
+@pytest.mark.parametrize("settings", [dict(strategy="greedy"), dict(strategy="greedy", **CONTROLS),
+                                      dict(strategy="sample", temperature=1.5, top_k=20, **CONTROLS),
+                                      dict(strategy="sample", temperature=1.2, top_p=0.9)],
                          ids=["greedy", "greedy-controls", "sample-controls", "top-p"])
-def test_greedy_and_sampling_never_wait_for_the_gpu_per_token(model, prompts, settings):
-    """Counted with torch's sync debug mode: "error" would also stop the syncs made once per call (the results'
-    transfer, the constants', the prefill's), so this counts warnings and compares two lengths."""
-    gpu_model = copy.deepcopy(model).cuda()
-    gpu_prompts = tuple(tensor.cuda() for tensor in prompts)
+def test_greedy_and_sampling_never_wait_for_the_gpu(on_gpu, settings):
+    """torch's sync debug mode raises at the first wait for the GPU in the loop (the Decoder, built outside,
+    copies its constants to the GPU and reads the prompts' padding once)."""
+    model, input_ids, mask = on_gpu
+    decoder = Decoder(model, DecodingConfig(max_new_tokens=2 * CHECK_EVERY, **settings), [198], [198], input_ids, mask)
+    generators = torch.Generator("cuda").manual_seed(0), torch.Generator("cuda").manual_seed(0)
+    decoder.sample(input_ids, mask, generators[0])  # warm-up: first kernel launches and allocations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        decoder.sample(input_ids, mask, generators[1])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
-    def syncs(new_tokens: int) -> int:
-        generator = torch.Generator("cuda").manual_seed(0)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                run(gpu_model, gpu_prompts, max_new_tokens=new_tokens, line_break_ids=[198], line_end_ids=[198],
-                    generator=generator, **settings)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        return sum("synchronizing" in str(warning.message) for warning in caught)
 
-    syncs(CHECK_EVERY)  # warm-up: first kernel launches and allocations
-    looks = 2 if settings.get("max_lines") else 0
-    assert syncs(3 * CHECK_EVERY) - syncs(CHECK_EVERY) == looks
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stopping_waits_for_the_gpu_once_every_check(on_gpu):
+    """With max_lines the loop looks whether every row has stopped (none does here) every CHECK_EVERY tokens
+    and at the last: counted as sync warnings."""
+    model, input_ids, mask = on_gpu
+    config = DecodingConfig(strategy="sample", max_new_tokens=2 * CHECK_EVERY + 3, max_lines=50, **CONTROLS)
+    decoder = Decoder(model, config, [198], [198], input_ids, mask)
+    decoder.sample(input_ids, mask, torch.Generator("cuda").manual_seed(0))  # warm-up
+    generator = torch.Generator("cuda").manual_seed(0)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            decoder.sample(input_ids, mask, generator)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert sum("synchronizing" in str(warning.message) for warning in caught) == 3
