@@ -18,9 +18,11 @@ with its hyper-parameters chosen so that it computes the definition above. The k
 
 so lr_k = step_size * bc1 / sqrt(bc2) and eps_k = eps / sqrt(bc2) give step_size * m / (sqrt(v) + eps)
 exactly in real arithmetic (float32 rounding differs from the eager definition by an ulp here and there).
-The kernel's own weight decay multiplies p by (1 - lr * wd) rounded to the parameter's precision, which
-skews a small decay (lr * wd = 1e-7 would decay 19% too much in float32), and comes before the update; so
-the decay is a second pass, as defined, and only when weight_decay is not 0.
+The kernel's own weight decay comes before the update: p = p - lr_k * wd_k * p. On CUDA it is computed in
+double precision, so lr_k scaled by (1 - lr * wd) and wd_k = lr * wd / lr_k make it the decay of the updated p
+in the same pass. On CPU the kernel multiplies p by (1 - lr_k * wd_k) rounded to float32 instead, which skews
+every element's decay the same way (lr * wd = 1e-7 would decay 19% too much), so there the decay is a second
+pass, as defined, and only when weight_decay is not 0.
 """
 
 import math
@@ -99,12 +101,15 @@ class AdamW(torch.optim.Optimizer):
             params, grads, exp_avgs, exp_avg_sqs = tensors
             bc1, root_bc2 = 1 - beta1**t, math.sqrt(1 - beta2**t)
             step_size = lr * root_bc2 / bc1 if correct_bias else lr
+            decay = lr * wd
+            decay_in_kernel = device.type == "cuda" and 0.0 < decay < 1.0  # see the module docstring
+            kernel_lr = step_size * bc1 / root_bc2 * (1.0 - decay if decay_in_kernel else 1.0)
             # the kernel reads t from a tensor on the parameters' device: made there, so no copy from the host
             step = torch.full((), float(t), dtype=torch.float32, device=device)
-            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
-                                lr=step_size * bc1 / root_bc2, beta1=beta1, beta2=beta2, weight_decay=0.0,
+            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params), lr=kernel_lr,
+                                beta1=beta1, beta2=beta2, weight_decay=decay / kernel_lr if decay_in_kernel else 0.0,
                                 eps=eps / root_bc2, amsgrad=False, maximize=False)
-            if wd != 0.0:
-                # not mul_(1 - lr*wd): rounding that factor would skew a small decay (see the module docstring)
-                torch._foreach_add_(params, params, alpha=-lr * wd)
+            if decay != 0.0 and not decay_in_kernel:
+                # not mul_(1 - decay): rounding that factor would skew a small decay (see the module docstring)
+                torch._foreach_add_(params, params, alpha=-decay)
         return loss
