@@ -1,7 +1,8 @@
 """Benchmark our GPT-2 against Hugging Face transformers' GPT2LMHeadModel holding the same weights:
 training throughput (forward + backward of the language-modelling loss), the whole paraphrase training
 step against the usual way (full-vocabulary logits, torch's AdamW) with the Quora epoch it projects,
-greedy and top-p decoding speed, and the AdamW step against torch.optim.AdamW (fused and foreach).
+greedy and top-p decoding speed (with the limit memory bandwidth sets), and the AdamW step against
+torch.optim.AdamW (fused and foreach).
 
     python benchmark.py                                   # 124M shape, random weights, CPU or GPU
     python benchmark.py --device cuda --dtype bfloat16 --model_size gpt2-medium --compile
@@ -188,6 +189,16 @@ def bench_decoding(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: 
     return {name: tokens / seconds for name, seconds in times.items()}, identical
 
 
+def decode_bound(model: GPT2Model, args: argparse.Namespace) -> float:
+    """New tokens per second that no implementation can beat at small batches, where a decoding step is
+    limited by reading every weight from memory once: the bandwidth of summing 512 MiB, divided by the
+    bytes of the weights, times the batch."""
+    data = torch.ones(2**27, device=args.device)
+    seconds, _ = interleaved_times({"sum": data.sum}, 1, 5, args.device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return data.numel() * data.element_size() / seconds["sum"] / weight_bytes * args.gen_batch
+
+
 def bench_adamw(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, float]:
     """Seconds per step of our AdamW and torch's fused and foreach AdamW over the model's parameters, with
     weight decay (nanoGPT's settings) and without (the task scripts' default)."""
@@ -301,9 +312,9 @@ def describe(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args: argpar
 
 
 def print_table(rows: list[tuple[str, float, float, float]]) -> None:
-    print(f"\n{'what':<44}{'ours':>12}{'reference':>12}{'ratio':>8}")
+    print(f"\n{'what':<52}{'ours':>12}{'reference':>12}{'ratio':>8}")
     for what, ours, reference, ratio in rows:
-        print(f"{what:<44}{ours:>12.1f}{reference:>12.1f}{ratio:>8.2f}")
+        print(f"{what:<52}{ours:>12.1f}{reference:>12.1f}{ratio:>8.2f}")
 
 
 def main() -> None:
@@ -320,6 +331,7 @@ def main() -> None:
     describe(ours, theirs, args)
     decode, identical = bench_decoding(ours, theirs, args, amp)  # first: --compile applies to training only
     sampling = bench_sampling(ours, theirs, args, amp)
+    bound = decode_bound(ours, args)
     train = bench_training(ours, theirs, args, amp)
     paraphrase = bench_paraphrase(ours, theirs, args, amp)
     del theirs  # the optimizers' state needs the room on large models
@@ -338,6 +350,7 @@ def main() -> None:
          decode["ours cache"] / decode["ours recompute"]),
         ("decode tokens/s: cache / transformers", decode["ours cache"], decode["transformers"],
          decode["ours cache"] / decode["transformers"]),
+        ("decode tokens/s: cache / memory-bound limit", decode["ours cache"], bound, decode["ours cache"] / bound),
         ("sample top-p tokens/s: ours / transformers", sampling["ours"], sampling["transformers"],
          sampling["ours"] / sampling["transformers"]),
         *[(f"AdamW ms/step, decay {d}: torch {kind} / ours", adamw[f"ours, decay {d}"] * 1e3,

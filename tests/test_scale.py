@@ -146,3 +146,4 @@ def test_benchmark_runs_both_models_on_the_same_weights_with_compiled_layers(tin
     assert check.split("ours ")[1].split(",")[0] == check.split("transformers ")[1]
     assert "greedy tokens of ours (cache) and transformers identical: yes" in finished.stdout
     assert "train tokens/s: ours / transformers" in finished.stdout
+    assert "decode tokens/s: cache / memory-bound limit" in finished.stdout
