@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 END_OF_TEXT_ID = 50256
+YES_ID, NO_ID = 8505, 3919  # GPT-2's tokens "yes" and "no": the course's paraphrase answers
 
 PRESETS: dict[str, dict[str, int]] = {
     "gpt2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),  # 124M

@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 
 from config import UserError
-from training.course_files import normalise_label, read_gold, read_predictions, read_sonnets, some_of
+from training.course_files import (PARAPHRASE_ANSWERS, normalise_label, paraphrase_labels, read_gold, read_predictions,
+                                   read_sonnets, some_of)
 from training.metrics import classification_metrics, label_order, sonnet_metrics
 from training.settings import FlagParser, user_errors_end_in_one_line
 
@@ -23,10 +24,15 @@ def grade(predictions_path: str | os.PathLike, gold_path: str | os.PathLike,
     """Metrics of a prediction file against a labelled course CSV, plus `count` (examples scored) and
     `skipped` (gold rows with an empty label: not scored, and not required in the predictions). The label
     set is the gold file's: a prediction outside it is refused, and macro-F1 averages over it (each course
-    dev file holds every class of its task, so these are the per-epoch metrics of the training scripts)."""
-    gold, unlabelled, _ = read_gold(gold_path, label_column)
+    dev file holds every class of its task, so these are the per-epoch metrics of the training scripts).
+    Paraphrase predictions may hold the course's token ids of "yes" and "no" instead of 1 and 0."""
+    gold, unlabelled, column = read_gold(gold_path, label_column)
     labels = label_order(set(gold.values()))
-    predictions = read_predictions(predictions_path, labels)
+    if column == "is_duplicate":
+        predictions = paraphrase_labels(predictions_path,
+                                        read_predictions(predictions_path, [*labels, *PARAPHRASE_ANSWERS]))
+    else:
+        predictions = read_predictions(predictions_path, labels)
     missing = [i for i in gold if i not in predictions]
     unknown = [i for i in predictions if i not in gold and i not in unlabelled]
     problems = []

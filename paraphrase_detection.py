@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import evaluation
-from config import FREE, require, require_range, setting
+from config import FREE, NO_ID, YES_ID, require, require_range, setting
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss
@@ -33,7 +33,7 @@ from training.settings import (FlagParser, ScriptSettings, require_input_file, r
 from training.token_cache import cached_tokens
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
-NO_YES = [3919, 8505]  # class 0 is the token "no", class 1 the token "yes"
+NO_YES = [NO_ID, YES_ID]  # class 0 is the token "no", class 1 the token "yes"
 FULL_QUORA_PAIRS = 283_003  # the course's training set, for the projected epoch time
 
 
@@ -180,7 +180,7 @@ def main(argv: list[str]) -> None:
         require(task, "k_shot", task.k_shot <= len(train_examples),
                 f"more than the {len(train_examples)} pairs of --para_train")
         dev_examples, test_examples = read_paraphrase(task.para_dev), read_paraphrase(task.para_test, labelled=False)
-        device = choose_device(settings.model.use_gpu, settings.model.precision)
+        device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
         run = None
         if train.epochs > 0:
             run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", "paraphrase",
@@ -222,7 +222,8 @@ def main(argv: list[str]) -> None:
         for data, path in ((dev, task.para_dev_out), (test, task.para_test_out)):
             scores = predict(model, data.batches(task.eval_batch_size, shuffle=False), device, precision, logits,
                              len(data), path.name)
-            write_on_main(write_predictions, path, data.ids, scores.argmax(-1).tolist(), PARAPHRASE_HEADER)
+            answers = [NO_YES[label] for label in scores.argmax(-1).tolist()]  # the course's encoding
+            write_on_main(write_predictions, path, data.ids, answers, PARAPHRASE_HEADER)
         results = evaluation.grade(task.para_dev_out, task.para_dev)
         majority = sum(label == 0 for label in dev.labels) / len(dev)
         print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, "

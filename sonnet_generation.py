@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import END_OF_TEXT_ID, FREE, UserError, require_range, setting
+from config import END_OF_TEXT_ID, FREE, UserError, require, require_range, setting
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
 from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
@@ -45,7 +45,7 @@ class SonnetSettings:
     gold_dev_path: Path = setting(Path("data/TRUE_sonnets_held_out_dev.txt"), "the whole dev sonnets",
                                   on_resume=FREE)
     held_out_path: Path = setting(Path("data/sonnets_held_out.txt"), "first lines of the test sonnets",
-                                  on_resume=FREE)
+                                  aliases=("--held_out_sonnet_path",), on_resume=FREE)
     sonnet_dev_out: Path = setting(Path("predictions/generated_sonnets_dev.txt"), "generated dev sonnets",
                                    on_resume=FREE)
     sonnet_out: Path = setting(Path("predictions/generated_sonnets.txt"), "generated test sonnets", on_resume=FREE)
@@ -61,6 +61,11 @@ class SonnetSettings:
             require_input_file(self, name)
         for name in ("sonnet_dev_out", "sonnet_out"):
             require_writable(self, name)
+        # The course's dev command points both at the dev files: one file then, written once.
+        if self.sonnet_out.resolve() == self.sonnet_dev_out.resolve():
+            require(self, "sonnet_out", self.held_out_path.resolve() == self.held_out_dev_path.resolve(),
+                    f"is also --sonnet_dev_out, the completions of --held_out_dev_path {self.held_out_dev_path}; "
+                    f"the completions of --held_out_path {self.held_out_path} need a file of their own")
         require_range(self, "unlikelihood", 0, note="0 turns it off")
         require_range(self, "mbr_samples", 1)
 
@@ -218,7 +223,7 @@ def main(argv: list[str]) -> None:
         dev_prompts, gold = read_dev_sonnets(task)
         sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
         test_prompts = read_sonnets(task.held_out_path, PROMPT_LINES)
-        device = choose_device(settings.model.use_gpu, settings.model.precision)
+        device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
         run = None
         if train.epochs > 0:
             data = {"--sonnet_path": task.sonnet_path, "--held_out_dev_path": task.held_out_dev_path,
@@ -250,7 +255,8 @@ def main(argv: list[str]) -> None:
                                    EpochBatches(train_data, train.batch_size, train.seed),
                                    lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate, metric="chrf")
         model.eval()
-        for prompts, path in ((dev_prompts, task.sonnet_dev_out), (test_prompts, task.sonnet_out)):
+        outputs = {task.sonnet_dev_out.resolve(): dev_prompts, task.sonnet_out.resolve(): test_prompts}
+        for path, prompts in outputs.items():  # one file if both name it (see SonnetSettings)
             write_on_main(write_sonnets, path, writer.complete(prompts))
         metrics = evaluation.grade_sonnets(task.sonnet_dev_out, task.gold_dev_path)
         metrics["perplexity"] = perplexity(model, gold_dev, train.batch_size, precision, device)

@@ -173,6 +173,23 @@ def test_quora_gold_skips_empty_labels_and_normalises_floats(tmp_path):
     assert grade(preds, gold)["accuracy"] == 1.0
 
 
+def test_paraphrase_answers_grade_alike_as_token_ids_or_0_1_but_not_mixed(tmp_path):
+    gold = write_gold(tmp_path / "quora.csv", [("p", "q1", "q2", "1.0"), ("r", "q5", "q6", "0.0"),
+                                               ("s", "q7", "q8", "1.0")], ("id", "sentence1", "sentence2", "is_duplicate"))
+    plain, tokens = tmp_path / "plain.csv", tmp_path / "tokens.csv"
+    write_predictions(plain, ["p", "r", "s"], [1, 1, 0], PARAPHRASE_HEADER)
+    write_predictions(tokens, ["p", "r", "s"], [8505, 8505, 3919], PARAPHRASE_HEADER)  # "yes", "yes", "no"
+    assert grade(tokens, gold) == grade(plain, gold)
+    assert grade(tokens, gold)["accuracy"] == pytest.approx(1 / 3)
+
+    write_predictions(tokens, ["p", "r", "s"], [8505, 0, 3919], PARAPHRASE_HEADER)
+    with pytest.raises(UserError, match=r"tokens.csv: id p is predicted 8505 .* but id r is predicted 0 .*one encoding"):
+        grade(tokens, gold)
+    write_predictions(tokens, ["p", "r", "s"], [8505, 50256, 3919], PARAPHRASE_HEADER)
+    with pytest.raises(UserError, match=r"tokens.csv, line 3: id r is predicted '50256', which is not one of the labels \(0, 1, 3919, 8505\)"):
+        grade(tokens, gold)
+
+
 # -----------------------------------------------------------------------------
 # grading
 
@@ -235,8 +252,8 @@ def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path):
 
 def test_grade_refuses_a_prediction_outside_the_gold_label_set(tmp_path, sst_gold, capsys):
     preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 4", "b , 7", "c , 2")
-    with pytest.raises(UserError, match=r"p\.csv, line 3: id b is predicted '7', which is not in the gold file's "
-                                        r"label set \(0, 2, 4\)"):
+    with pytest.raises(UserError, match=r"p\.csv, line 3: id b is predicted '7', which is not one of the labels "
+                                        r"\(0, 2, 4\)"):
         grade(preds, sst_gold)
     with pytest.raises(SystemExit) as stop:
         main(["grade", str(preds), str(sst_gold)])

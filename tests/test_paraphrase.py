@@ -9,7 +9,7 @@ import paraphrase_detection as para
 from datasets import tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
-from training.course_files import ParaphraseExample, read_paraphrase, read_predictions
+from training.course_files import PARAPHRASE_HEADER, ParaphraseExample, read_paraphrase, read_predictions, write_predictions
 from training.optimization import make_optimizer
 
 DATA = Path("data")
@@ -94,9 +94,13 @@ def test_run_writes_complete_ordered_gradeable_files(tmp_path, tiny_checkpoint, 
                "--run_dir", str(tmp_path / "run"), "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
     test_ids = [e.id for e in read_paraphrase(DATA / "quora-test-student.csv", labelled=False)]
     predictions = read_predictions(test_out)
-    assert list(predictions) == test_ids and set(predictions.values()) <= {"0", "1"}
+    assert list(predictions) == test_ids and set(predictions.values()) <= {"8505", "3919"}  # the course's encoding
     graded = evaluation.grade(dev_out, DATA / "quora-dev.csv")
     assert graded["count"] == 1999 and {"accuracy", "f1", "precision", "recall"} <= set(graded)
+    answers = read_predictions(dev_out)  # the same answers as 0/1 grade the same
+    plain = tmp_path / "plain.csv"
+    write_predictions(plain, list(answers), [int(a == "8505") for a in answers.values()], PARAPHRASE_HEADER)
+    assert evaluation.grade(plain, DATA / "quora-dev.csv") == graded
     output = capsys.readouterr().out
     assert "projected_full_epoch_minutes" in output and "padding_fraction" in output
     dev_records = [line for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines() if '"dev"' in line]

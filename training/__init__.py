@@ -13,6 +13,8 @@
     inference      scoring a dataset in batches
     course_files   every reader and writer of the course's files
     metrics        classification and sonnet metrics
+    hand_in        is a predictions folder complete and correct for handing in?
 
-Nothing is imported here, so `evaluation.py` can use `course_files` and `metrics` without loading torch.
+Nothing is imported here, so `evaluation.py` and `prepare_submit.py` can use `course_files`, `metrics` and
+`hand_in` without loading torch.
 """

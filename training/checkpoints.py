@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ REDO = "restore it, or start the run again with --overwrite"
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
@@ -56,7 +58,9 @@ def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) 
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    numpy = np.random.get_state(legacy=False)  # its key as a tensor: weights_only loading refuses NumPy arrays
+    numpy["state"]["key"] = torch.from_numpy(numpy["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # this process's GPU only: touching the others would allocate on them
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -64,6 +68,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
+    if "numpy" in state:  # checkpoints written before NumPy was seeded lack it
+        numpy = state["numpy"]
+        np.random.set_state({**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].numpy().astype(np.uint32)}})
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())

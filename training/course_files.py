@@ -15,7 +15,8 @@ A prediction file is what the course hands in: a header line, then one line per 
 
 Each data line is written as f"{id} , {label} \\n" (space, comma, space, one trailing space), the
 course's layout. Reading is tolerant: a line is split on its first comma and both parts are stripped,
-so "id,3" and "id , 3 " read the same.
+so "id,3" and "id , 3 " read the same. Paraphrase answers are written as the course's pipeline writes
+them, the token ids of "yes" (8505, a paraphrase) and "no" (3919); `paraphrase_labels` reads them, or 1/0.
 
 A sonnet file (the training sonnets, the held-out prompts, the gold TRUE_sonnets_*.txt, or generated
 sonnets) is a header block, then each sonnet's number on a line of its own followed by its lines, blank
@@ -31,11 +32,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import UserError
+from config import NO_ID, YES_ID, UserError
 
 SENTIMENT_NUM_LABELS = {"sst": 5, "cfimdb": 2}
 SENTIMENT_HEADER = "id \t Predicted_Sentiment "
 PARAPHRASE_HEADER = "id \t Predicted_Is_Paraphrase "
+PARAPHRASE_ANSWERS = {str(NO_ID): "0", str(YES_ID): "1"}  # the course's encoding of the 0/1 gold labels
 LABEL_COLUMNS = ("sentiment", "is_duplicate")  # the labelled course files carry exactly one of these
 EXAMPLES_IN_ERRORS = 5  # how many offending ids an error message lists
 
@@ -411,7 +413,19 @@ def read_predictions(path: str | os.PathLike, labels: Collection[str] | None = N
         if i in predictions:
             raise UserError(f"{where}: duplicate id {i!r}")
         if labels is not None and normalise_label(label) not in labels:
-            raise UserError(f"{where}: id {i} is predicted {label!r}, which is not in the gold file's label set "
+            raise UserError(f"{where}: id {i} is predicted {label!r}, which is not one of the labels "
                             f"({', '.join(labels)})")
         predictions[i] = label
     return predictions
+
+
+def paraphrase_labels(path: str | os.PathLike, predictions: dict[str, str]) -> dict[str, str]:
+    """The 0/1 labels of paraphrase predictions written as the course writes them (the token ids of "yes" and
+    "no") or as 0/1. A file uses one encoding: one that mixes them is refused, naming an id of each."""
+    encoded = {i: label in PARAPHRASE_ANSWERS for i, label in predictions.items()}
+    if len(set(encoded.values())) > 1:
+        token_id = next(i for i, is_token in encoded.items() if is_token)
+        plain = next(i for i, is_token in encoded.items() if not is_token)
+        raise UserError(f"{path}: id {token_id} is predicted {predictions[token_id]} (a token id, the course's "
+                        f"encoding) but id {plain} is predicted {predictions[plain]} (0/1): a file uses one encoding")
+    return {i: PARAPHRASE_ANSWERS.get(label, label) for i, label in predictions.items()}

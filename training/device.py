@@ -13,9 +13,12 @@ from training.distributed import is_main
 PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "tf32": None, "fp32": None}
 
 
-def choose_device(use_gpu: bool, precision: str = "fp32") -> torch.device:
-    """The device to train on. Under torchrun this also joins the process group (NCCL on GPU, gloo on
-    CPU): each process takes the GPU of its LOCAL_RANK, and only rank 0 prints."""
+def choose_device(use_gpu: bool, precision: str = "fp32", deterministic: bool = False) -> torch.device:
+    """The device to train on, with deterministic kernels if asked. Under torchrun this also joins the
+    process group (NCCL on GPU, gloo on CPU): each process takes the GPU of its LOCAL_RANK, and only rank 0
+    prints."""
+    if deterministic:
+        use_deterministic_kernels()
     if use_gpu and not torch.cuda.is_available():
         raise UserError(f"--use_gpu: PyTorch {torch.__version__} sees no CUDA GPU on this machine; "
                         "run without --use_gpu to train on the CPU")
@@ -31,6 +34,14 @@ def choose_device(use_gpu: bool, precision: str = "fp32") -> torch.device:
         if not is_main():
             sys.stdout = open(os.devnull, "w")
     return device
+
+
+def use_deterministic_kernels() -> None:
+    """PyTorch's deterministic kernels, so that a run repeats bit for bit on the same machine and versions. An
+    operation that has none warns, naming itself, rather than ending the run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS repeats itself only with a fixed workspace
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

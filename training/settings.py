@@ -135,6 +135,8 @@ class ModelSettings:
     precision: str = setting("auto", "auto: bf16 autocast on a GPU that supports it, else fp32; fp16 autocast (with "
                                      "a gradient scaler); tf32: float32 with TF32 matmuls on GPU; fp32: exact "
                                      "float32", choices=tuple(PRECISIONS))
+    deterministic: bool = setting(False, "PyTorch's deterministic kernels: a run repeats bit for bit on the same "
+                                         "machine (slower on a GPU)", on_resume=FREE)
     compile: bool = setting(False, "torch.compile each GPT-2 layer", on_resume=FREE)
     activation_checkpointing: bool = setting(False, "recompute layer activations in the backward pass to save "
                                                     "memory (for gpt2-large and gpt2-xl)", on_resume=FREE)

@@ -1,0 +1,181 @@
+"""Is a predictions folder complete and correct for handing in? `check_predictions` reads every file the
+course grades against the input file it answers and names everything missing or wrong at once, so that
+`prepare_submit.py` zips only a folder the course's grader can score.
+
+The graded files (in the predictions folder) and the inputs they answer (in the data folder):
+
+    {mode}-sst-{dev,test}-out.csv      ids-sst-{dev,test-student}.csv      labels 0..4
+    {mode}-cfimdb-{dev,test}-out.csv   ids-cfimdb-{dev,test-student}.csv   labels 0..1
+    para-{dev,test}-output.csv         quora-{dev,test-student}.csv        labels 8505/3919 or 1/0
+    generated_sonnets.txt              sonnets_held_out.txt
+    generated_sonnets_dev.txt          sonnets_held_out_dev.txt            (checked when present)
+
+where mode is full-model or last-linear-layer: the four files of at least one mode are required, and a mode
+with any of its files present needs all four.
+"""
+import warnings
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from config import UserError
+from training.course_files import (PARAPHRASE_ANSWERS, SENTIMENT_NUM_LABELS, paraphrase_labels, read_paraphrase,
+                                   read_predictions, read_sentiment, read_sonnets, some_of)
+
+MODES = ("full-model", "last-linear-layer")
+INPUT_SPLITS = {"dev": "dev", "test": "test-student"}  # a prediction file's split -> its input file's
+PARAPHRASE_COMMAND = "python paraphrase_detection.py --use_gpu"
+SONNET_COMMAND = "python sonnet_generation.py --use_gpu"
+
+
+@dataclass(frozen=True)
+class Graded:
+    """A file the course grades: its name in the predictions folder, the input file (in the data folder)
+    whose ids or prompts it answers, its check (what the file holds, or a `UserError`), and the command
+    that writes it."""
+    name: str
+    input_name: str
+    check: Callable[[Path, Path], str]
+    command: str
+
+
+def check_predictions(predictions_dir: Path, data_dir: Path) -> list[str]:
+    """One line per graded file saying what it holds ('ok  predictions/para-dev-output.csv: 2,000 ids');
+    or one `UserError` listing every problem of every file, separated by '; ', so that a student sees all
+    of them at once rather than one per attempt."""
+    modes = [mode for mode in MODES if any((predictions_dir / f.name).is_file() for f in sentiment_files(mode))]
+    problems = [] if modes else [f"no sentiment predictions in {predictions_dir}: run `python classifier.py "
+                                 "--fine-tune-mode full-model --use_gpu` (or --fine-tune-mode last-linear-layer), "
+                                 "which writes {mode}-{sst,cfimdb}-{dev,test}-out.csv"]
+    missing: dict[str, list[str]] = {}
+    report = []
+    for graded in graded_files(predictions_dir, modes):
+        path = predictions_dir / graded.name
+        if not path.is_file():
+            missing.setdefault(graded.command, []).append(str(path))
+            continue
+        try:
+            report.append(f"ok  {path}: {graded.check(path, input_file(data_dir, graded.input_name))}")
+        except UserError as error:
+            problems.append(str(error))
+    problems[:0] = [f"missing {' and '.join(paths)} (written by `{command}`)" for command, paths in missing.items()]
+    if problems:
+        raise UserError("not ready to hand in: " + "; ".join(problems))
+    return report
+
+
+def graded_files(predictions_dir: Path, modes: Sequence[str]) -> list[Graded]:
+    """The files to check: the sentiment files of each of `modes`, both paraphrase files, the test sonnets,
+    and the dev sonnets when they are there."""
+    sonnets = [Graded("generated_sonnets.txt", "sonnets_held_out.txt", check_sonnets, SONNET_COMMAND)]
+    if (predictions_dir / "generated_sonnets_dev.txt").is_file():
+        sonnets.append(Graded("generated_sonnets_dev.txt", "sonnets_held_out_dev.txt", check_sonnets, SONNET_COMMAND))
+    paraphrase = [Graded("para-dev-output.csv", "quora-dev.csv", partial(check_paraphrase, labelled=True),
+                         PARAPHRASE_COMMAND),
+                  Graded("para-test-output.csv", "quora-test-student.csv", partial(check_paraphrase, labelled=False),
+                         PARAPHRASE_COMMAND)]
+    return [graded for mode in modes for graded in sentiment_files(mode)] + paraphrase + sonnets
+
+
+def sentiment_files(mode: str) -> list[Graded]:
+    """The four files that `classifier.py --fine-tune-mode {mode}` writes; the command named for each is the
+    one that rewrites its dataset only."""
+    return [Graded(f"{mode}-{dataset}-{split}-out.csv", f"ids-{dataset}-{input_split}.csv",
+                   partial(check_sentiment, num_labels=num_labels),
+                   f"python classifier.py --fine-tune-mode {mode} --dataset {dataset} --use_gpu")
+            for dataset, num_labels in SENTIMENT_NUM_LABELS.items() for split, input_split in INPUT_SPLITS.items()]
+
+
+def input_file(data_dir: Path, name: str) -> Path:
+    """The course's input file `name`; a missing one is a setup step left out, named as such."""
+    path = data_dir / name
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run `bash setup.sh`, or copy the course's data files into "
+                        f"{data_dir}/")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# prediction files
+
+def check_sentiment(path: Path, input_path: Path, num_labels: int) -> str:
+    """The input is read as unlabelled: a prediction file answers its ids, and grading a dev file's labels is
+    not this check's business."""
+    ids = [example.id for example in read_sentiment(input_path, num_labels, labelled=False)]
+    return check_ids(path, input_path, ids, set(ids), read_predictions(path, [str(k) for k in range(num_labels)]))
+
+
+def check_paraphrase(path: Path, input_path: Path, labelled: bool) -> str:
+    """Answers as the course's token ids of "yes" and "no", or as 1/0, one encoding per file."""
+    needed, known = paraphrase_ids(input_path, labelled)
+    predictions = paraphrase_labels(path, read_predictions(path, ["0", "1", *PARAPHRASE_ANSWERS]))
+    return check_ids(path, input_path, needed, known, predictions)
+
+
+def paraphrase_ids(input_path: Path, labelled: bool) -> tuple[list[str], set[str]]:
+    """(the ids that need a prediction, the ids that may have one). Like the course's training script,
+    `read_paraphrase` skips labelled rows whose label is empty: they need no prediction, but one is no error
+    (as in `evaluation.grade`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped rows are the course file's, nothing a student can fix
+        needed = [example.id for example in read_paraphrase(input_path, labelled)]
+    if not labelled:
+        return needed, set(needed)
+    return needed, {example.id for example in read_paraphrase(input_path, labelled=False)}
+
+
+def check_ids(path: Path, input_path: Path, needed: list[str], known: Collection[str],
+              predictions: dict[str, str]) -> str:
+    """Every needed id predicted (`read_predictions` refuses one predicted twice) and no id the input lacks;
+    returns how many ids the file answers."""
+    missing = [i for i in needed if i not in predictions]
+    unknown = [i for i in predictions if i not in known]
+    problems = []
+    if missing:
+        problems.append(f"{path}: no prediction for {len(missing):,} of the {len(needed):,} ids of {input_path} "
+                        f"({some_of(missing)})")
+    if unknown:
+        problems.append(f"{path}: predictions for {len(unknown):,} id(s) not in {input_path} ({some_of(unknown)})")
+    if problems:
+        raise UserError("; ".join(problems))
+    return f"{len(needed):,} ids"
+
+
+# -----------------------------------------------------------------------------
+# sonnet files
+
+def check_sonnets(path: Path, prompts_path: Path) -> str:
+    """The sonnets of the prompt file, no others, each beginning with its prompt's lines unaltered and going on
+    past them. `read_sonnets` strips trailing whitespace, so lines compare as a reader sees them."""
+    prompts, generated = read_sonnets(prompts_path), read_sonnets(path)
+    missing = [str(number) for number in prompts if number not in generated]
+    unknown = [str(number) for number in generated if number not in prompts]
+    answered = [number for number in prompts if number in generated]
+    altered = [number for number in answered if generated[number][:len(prompts[number])] != prompts[number]]
+    unfinished = [str(number) for number in answered
+                  if number not in altered and len(generated[number]) <= len(prompts[number])]
+    problems = []
+    if missing:
+        problems.append(f"{path}: missing {len(missing)} of the {len(prompts)} sonnets of {prompts_path} "
+                        f"({some_of(missing)})")
+    if unknown:
+        problems.append(f"{path}: {len(unknown)} sonnet(s) without a prompt in {prompts_path} ({some_of(unknown)})")
+    if altered:
+        problems.append(f"{path}: {len(altered)} sonnet(s) not beginning with their prompt's lines unaltered "
+                        f"({some_of([str(number) for number in altered])}); "
+                        + first_difference(altered[0], prompts[altered[0]], generated[altered[0]]))
+    if unfinished:
+        problems.append(f"{path}: {len(unfinished)} sonnet(s) with no line after their prompt "
+                        f"({some_of(unfinished)})")
+    if problems:
+        raise UserError("; ".join(problems))
+    return f"{len(prompts)} sonnets, each continuing its prompt"
+
+
+def first_difference(number: int, prompt: list[str], sonnet: list[str]) -> str:
+    """Where `sonnet` first departs from its `prompt`, in words."""
+    k = next(k for k, line in enumerate(prompt) if k >= len(sonnet) or sonnet[k] != line)
+    if k >= len(sonnet):
+        return f"sonnet {number} ends after {k} of its prompt's {len(prompt)} lines"
+    return f"sonnet {number}'s line {k + 1} reads {sonnet[k]!r} where its prompt has {prompt[k]!r}"
