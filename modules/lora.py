@@ -64,9 +64,10 @@ class DoRALinear(LoRALinear):
     trainable magnitude, `W' = m * V / ||V||`, where `||V||` is the L2 norm of each output unit's weight row
     and `m` starts at `||W0||`, so the wrapped layer starts out computing what the base layer did.
 
-    The forward pass works on activations rather than building W':
-    `y = m / ||V|| * (x @ W0^T + scale * dropout(x) @ A^T @ B^T) + bias`. Dropout touches only the low-rank
-    path, as in `LoRALinear`; without it (in eval mode) this is exactly `x @ W'^T + bias`."""
+    The forward pass works on activations rather than building W'. Without dropout (or in eval mode) it is
+    exactly `x @ W'^T + bias = s * (x @ W0^T + scale * x @ A^T @ B^T) + bias`, with `s = m / ||V||`. With
+    dropout it follows PEFT: the base layer sees `x`, and the magnitude's correction of it and the low-rank
+    path see the dropped input `d`: `y = x @ W0^T + bias + (s - 1) * d @ W0^T + s * scale * d @ A^T @ B^T`."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__(base, rank, alpha, dropout)
@@ -75,9 +76,15 @@ class DoRALinear(LoRALinear):
         self.lora_magnitude = nn.Parameter(norms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        updated = F.linear(x, self.base.weight) + self.low_rank_update(x)
+        dropped = self.dropout(x)
+        low_rank = F.linear(F.linear(dropped, self.lora_A), self.lora_B) * self.scale
+        base = F.linear(x, self.base.weight)
         # Cast the float32 rescaling so that under autocast the layer returns what nn.Linear would.
-        out = updated * self.magnitude_scale().to(updated.dtype)
+        rescale = self.magnitude_scale().to(base.dtype)
+        if self.training and self.dropout.p > 0:  # a second product with W0, for the dropped input's correction
+            out = base + (rescale - 1) * F.linear(dropped, self.base.weight) + rescale * low_rank
+        else:
+            out = rescale * (base + low_rank)
         return out if self.base.bias is None else out + self.base.bias.to(out.dtype)
 
     def magnitude_scale(self) -> torch.Tensor:

@@ -182,12 +182,12 @@ def test_dora_linear_computes_magnitude_times_unit_rows_and_merges_to_them():
     torch.testing.assert_close(merged.weight.norm(dim=1), wrapped.lora_magnitude.detach())
 
 
-def test_dora_dropout_drops_only_the_low_rank_path():
+def test_dora_with_everything_dropped_is_the_base_layer():
+    """As in PEFT, dropout applies to the magnitude's correction as well as to the low-rank path."""
     wrapped = trained_looking_dora(dropout=1.0).train()
     x = torch.randn(3, 8)
     with torch.no_grad():
-        rescale = wrapped.lora_magnitude / updated_weight(wrapped).norm(dim=1)
-        torch.testing.assert_close(wrapped(x), x @ wrapped.base.weight.T * rescale + wrapped.base.bias)
+        torch.testing.assert_close(wrapped(x), wrapped.base(x))
 
 
 def test_dora_treats_the_norm_as_a_constant_in_backprop():
