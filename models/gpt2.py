@@ -1,5 +1,6 @@
 """GPT-2: token and position embeddings, a stack of pre-LayerNorm blocks, a final LayerNorm."""
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,14 @@ class GPT2Model(nn.Module):
             rows = torch.arange(batch, device=x.device)
             last_token = x[rows, self.last_index(attention_mask, seq_len)]
         return {"last_hidden_state": x, "last_token": last_token}
+
+    def keep_bottom_layers(self, count: int) -> None:
+        """Drop every layer above the bottom `count`, keeping the final LayerNorm: GPT-1's analysis of how many
+        pre-trained layers a task needs."""
+        if not 1 <= count <= len(self.layers):
+            raise ValueError(f"cannot keep {count} of {len(self.layers)} layers")
+        self.layers = self.layers[:count]
+        self.config = replace(self.config, num_hidden_layers=count)
 
     def compile_layers(self, **options: Any) -> None:
         """torch.compile the layers for passes without a cache (training, scoring); `options` go to

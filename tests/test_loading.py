@@ -12,7 +12,9 @@ from transformers import GPT2Model as HFGPT2Model
 from config import UserError
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
-from tests.conftest import TINY
+from tests.conftest import TINY, save_hf_gpt2
+from training.model_setup import build_gpt2
+from training.settings import ModelSettings
 
 
 def copy_checkpoint(source, target, edit_tensors=None, edit_config=None):
@@ -137,3 +139,29 @@ def test_tokenizer_without_local_files_or_hub_says_where_to_get_them(monkeypatch
                                         r".*run `bash setup.sh` .*`hf download gpt2 vocab\.json merges\.txt "
                                         r"--local-dir "):
         load_tokenizer()
+
+
+def test_keep_layers_equals_a_model_built_from_the_bottom_layers(tmp_path):
+    """--keep_layers 2 of a 4-layer checkpoint: the reference GPT-2 of 2 layers holding that checkpoint's
+    embeddings, bottom 2 layers and final LayerNorm computes what our truncated model computes."""
+    deep = save_hf_gpt2(tmp_path / "deep", **{**TINY, "n_layer": 4})
+    shallow = HFGPT2Model(HFConfig(**{**TINY, "n_layer": 2}, attn_implementation="eager")).eval()
+    kept = {name.removeprefix("transformer."): tensor for name, tensor in deep.state_dict().items()
+            if not re.match(r"transformer\.h\.[23]\.|lm_head", name)}
+    shallow.load_state_dict(kept)
+    settings = ModelSettings(model_path=tmp_path / "deep", keep_layers=2)
+    model = build_gpt2(settings).eval()
+    assert settings.num_layers == 2 and len(model.layers) == 2 and model.config.num_hidden_layers == 2
+    ids, mask = torch.randint(0, 1000, (2, 9)), torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        ours = model(ids, mask)["last_hidden_state"]
+        reference = shallow(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours[mask.bool()], reference[mask.bool()], atol=1e-5, rtol=0)
+
+
+def test_keep_layers_is_checked_against_the_checkpoint_at_start_up(tiny_checkpoint):
+    with pytest.raises(UserError, match=r"^--keep_layers 3: must be in \[0, 2\] \(the model has 2 layers; 0 keeps "
+                                        r"them all\)$"):
+        ModelSettings(model_path=tiny_checkpoint[0], keep_layers=3)
+    assert ModelSettings(model_size="gpt2-medium", keep_layers=6).num_layers == 6

@@ -16,7 +16,7 @@ from training.settings import ModelSettings, StrategySettings
 
 def build_gpt2(settings: ModelSettings) -> GPT2Model:
     """The GPT-2 the settings ask for: pre-trained from a local directory or the hub, or randomly initialised;
-    compiled and with activation checkpointing if asked."""
+    its bottom layers only, compiled and with activation checkpointing if asked."""
     if settings.init == "random":
         if settings.model_path:
             config = hf_checkpoint.load_config(settings.model_path)
@@ -25,6 +25,8 @@ def build_gpt2(settings: ModelSettings) -> GPT2Model:
         model = GPT2Model(config)
     else:
         model = GPT2Model.from_pretrained(settings.model_path or settings.model_size)
+    if settings.keep_layers:
+        model.keep_bottom_layers(settings.keep_layers)
     model.activation_checkpointing = settings.activation_checkpointing
     if settings.compile:
         model.compile_layers()

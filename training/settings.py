@@ -131,6 +131,8 @@ class ModelSettings:
                                             "model.safetensors); replaces --model_size", on_resume=FREE)
     init: str = setting("pretrained", "random: GPT-2's initialisation, no pre-training",
                         choices=("pretrained", "random"))
+    keep_layers: int = setting(0, "keep only the bottom K GPT-2 layers (and the final LayerNorm), as in GPT-1's "
+                                  "analysis of layers transferred; 0 keeps them all")
     use_gpu: bool = setting(False, "run on the GPU (under torchrun, each process on its own)", on_resume=FREE)
     precision: str = setting("auto", "auto: bf16 autocast on a GPU that supports it, else fp32; fp16 autocast (with "
                                      "a gradient scaler); tf32: float32 with TF32 matmuls on GPU; fp32: exact "
@@ -147,13 +149,20 @@ class ModelSettings:
                 "the hub, use --model_size")
         require(self, "precision", self.precision in ("auto", "fp32") or self.use_gpu,
                 "is for GPUs: add --use_gpu, or use --precision fp32")
+        layers = self.checkpoint_layers
+        require_range(self, "keep_layers", 0, layers, note=f"the model has {layers} layers; 0 keeps them all")
 
     @property
-    def num_layers(self) -> int:
-        """GPT-2 layers of the model these settings build, read without loading it."""
+    def checkpoint_layers(self) -> int:
+        """GPT-2 layers of the checkpoint or preset, read without loading it."""
         if self.model_path is not None:  # refuses a damaged or foreign config.json at start-up
             return hf_checkpoint.load_config(self.model_path).num_hidden_layers
         return PRESETS[self.model_size]["num_hidden_layers"]
+
+    @property
+    def num_layers(self) -> int:
+        """GPT-2 layers of the model these settings build."""
+        return self.keep_layers or self.checkpoint_layers
 
 
 @dataclass(frozen=True)
