@@ -93,7 +93,7 @@ classifier | --lora_dropout 1 | --lora_dropout 1: must be in \[0, 1\)
 classifier | --lora --lora_targets query,mlp | --lora_targets 'query,mlp': must be distinct names
 classifier | --dora | --dora: only with --lora
 classifier | --lora --train_top_layers 1 | --lora: cannot be combined with --train_top_layers
-classifier | --ulmfit --lora | --ulmfit: cannot be combined with --lora
+classifier | --ulmfit --train_top_layers 1 | --ulmfit: cannot be combined with --train_top_layers
 classifier | --train_top_layers 3 | --train_top_layers 3: must be in \[0, 2\] \(the model has 2
 classifier | --fine-tune-mode last-linear-layer --lora | --lora: .*use --fine-tune-mode full-model
 classifier | --cloze --pooling mean | --pooling 'mean': --cloze reads the last token

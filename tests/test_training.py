@@ -73,6 +73,20 @@ def test_gradual_unfreezing_adds_one_layer_per_epoch():
     assert trained == [{4}, {3, 4}, {2, 3, 4}, {1, 2, 3, 4}, {0, 1, 2, 3, 4}]
 
 
+def test_gradual_unfreezing_with_lora_unfreezes_only_adapters_top_down():
+    model = tiny_gpt2()
+    apply_strategy(model, strategy(lora=True, ulmfit=True))
+    model.final_layer_norm.requires_grad_(True)  # stands in for a task head: above every layer
+    unfreeze = gradual_unfreezing(model, num_layers=3)
+    trained = []
+    for epoch in range(4):
+        unfreeze(epoch)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert all("lora_" in n or n.startswith("final_layer_norm.") for n in names)
+        trained.append({layer_of(n, 3) for n in names})
+    assert trained == [{4}, {3, 4}, {2, 3, 4}, {1, 2, 3, 4}]
+
+
 def test_checkpoints_are_atomic_and_refuse_another_task_size_or_adapter(tmp_path):
     path = tmp_path / "run" / "last.pt"
     model = tiny_gpt2()

@@ -59,10 +59,12 @@ def apply_strategy(gpt: GPT2Model, strategy: StrategySettings, train_gpt: bool =
 
 def gradual_unfreezing(model: nn.Module, num_layers: int) -> Callable[[int], None]:
     """ULMFiT: in epoch e train only the parameters at depth >= num_layers + 1 - e (the head first, then
-    one more GPT-2 layer each epoch)."""
+    one more GPT-2 layer each epoch), of those that train now: all of them, or LoRA's adapters and the head."""
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+
     def unfreeze(epoch: int) -> None:
         for name, param in model.named_parameters():
-            param.requires_grad_(layer_of(name, num_layers) >= num_layers + 1 - epoch)
+            param.requires_grad_(name in trainable and layer_of(name, num_layers) >= num_layers + 1 - epoch)
     return unfreeze
 
 

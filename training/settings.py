@@ -59,6 +59,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ..
         kind = _flag_type(spec.type)
         if kind is bool:
             group.add_argument(*names, dest=spec.name, action="store_true", help=help_text)
+        elif get_origin(kind) is tuple:  # one value or more: --flag A [B ...]
+            group.add_argument(*names, dest=spec.name, type=get_args(kind)[0], nargs="+", default=spec.default,
+                               help=help_text)
         else:
             group.add_argument(*names, dest=spec.name, type=kind, choices=spec.metadata["choices"],
                                default=(defaults or {}).get(spec.name, spec.default), help=help_text)
@@ -66,8 +69,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ..
 
 def from_flags(cls: type, flags: argparse.Namespace) -> Any:
     """The settings dataclass `cls` from parsed flags (fields without a flag keep their default), checked
-    as it is built."""
-    return cls(**{spec.name: getattr(flags, spec.name) for spec in fields(cls) if hasattr(flags, spec.name)})
+    as it is built. Several values (`nargs`) become a tuple, so the settings stay immutable."""
+    values = {spec.name: getattr(flags, spec.name) for spec in fields(cls) if hasattr(flags, spec.name)}
+    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
 
 @contextmanager
@@ -212,7 +216,7 @@ class StrategySettings:
     lora_targets: str = setting("query,value", f"comma-separated, from {','.join(LORA_TARGETS)}")
     prefix_length: int = setting(0, "prefix-tuning: train this many key/value positions per layer, GPT-2 frozen")
     ulmfit: bool = setting(False, "ULMFiT: gradual unfreezing, discriminative learning rates (/2.6 per layer) "
-                                  "and a slanted triangular schedule")
+                                  "and a slanted triangular schedule; with --lora, of the adapters")
 
     def __post_init__(self) -> None:
         require_range(self, "train_top_layers", 0, note="0 trains every layer")
@@ -224,7 +228,9 @@ class StrategySettings:
         require(self, "lora_targets", set(targets) <= set(LORA_TARGETS) and len(set(targets)) == len(targets),
                 f"must be distinct names from {', '.join(LORA_TARGETS)}, separated by commas")
         require(self, "dora", not self.dora or self.lora, "only with --lora")
-        chosen = [name for name in ("train_top_layers", "lora", "prefix_length", "ulmfit") if getattr(self, name)]
+        # ULMFiT unfreezes what another strategy trains: all of GPT-2, or with --lora its adapters.
+        chosen = [name for name in ("train_top_layers", "lora", "prefix_length") if getattr(self, name)]
+        chosen += ["ulmfit"] if self.ulmfit and not self.lora else []
         if len(chosen) > 1:
             require(self, chosen[1], False, f"cannot be combined with --{chosen[0]}: choose one strategy")
 
