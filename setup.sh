@@ -5,7 +5,22 @@ cd "$(dirname "$0")"
 shared=${SHARED_DIR:-../shared}
 python=${PYTHON:-python3}
 
+# The pinned transformers, numpy, scikit-learn and matplotlib need Python 3.11, and so does the code
+# (hashlib.file_digest): refuse an older one before anything is created or installed.
+if [ -x .venv/bin/python ]; then
+  using=.venv/bin/python advice="Remove .venv, install a newer Python and run PYTHON=python3.11 bash setup.sh"
+else
+  using=$python advice="Install a newer Python and run PYTHON=python3.11 bash setup.sh"
+fi
+version=$("$using" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || version=""
+found="is ${version:-not found, or does not run}"
+IFS=. read -r major minor _ <<< "${version:-0.0.0}"
+if (( major < 3 || (major == 3 && minor < 11) )); then
+  echo "setup: Python 3.11 or newer is needed; $using $found. $advice" >&2
+  exit 1
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 torch_pin=$(grep -E '^torch==' requirements.txt)
 if command -v nvidia-smi >/dev/null 2>&1; then
