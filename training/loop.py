@@ -21,8 +21,8 @@ from training.device import autocast, autocast_dtype, to_device
 from training.distributed import (Batch, all_reduce_sum, barrier, batches_for_this_process, gather_objects, is_main,
                                   rank, world_size)
 from training.optimization import make_optimizer, make_scheduler, set_hyperparameters
-from training.run_dir import Run
-from training.run_log import RunLog, read_records
+from training.run_dir import Run, RunResult
+from training.run_log import RunLog, read_records, training_speed
 from training.settings import TrainSettings
 from training.signals import Interrupted, StopSignals
 
@@ -42,6 +42,7 @@ class Progress:
     bad_epochs: int = 0
     top: list[list[float]] = field(default_factory=list)  # [dev metric, epoch] of the epochs kept
     world_size: int = 1  # processes that shared the epoch
+    wall_seconds: float = 0.0  # training and dev evaluation so far, over every session of the run
 
 
 class LossModule(nn.Module):
@@ -60,14 +61,15 @@ def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, pre
                            batches: EpochBatches, loss_fn: LossFunction, evaluate: Callable[[], dict[str, Any]],
                            metric: str = "accuracy", on_epoch_start: Callable[[int], None] | None = None) -> RunLog:
     """Build the optimizer and schedule the settings ask for, train, then load the best dev epoch's weights
-    into `model` and fold any LoRA adapters into them. Returns the run's log."""
+    into `model`, record what the run achieved in its settings.json, and fold any LoRA adapters into the
+    weights. Returns the run's log."""
     optimizer = make_optimizer(model, train.lr, train.weight_decay, num_layers, train.layer_lr_decay)
     steps = train.epochs * -(-len(batches) // (train.grad_accum * world_size()))
     scheduler = make_scheduler(optimizer, train.scheduler, steps, int(train.warmup_ratio * steps))
     identity = checkpoint_identity(run.task, model)
     try:
-        log = fit(model, optimizer, scheduler, run, train, precision, identity, batches, loss_fn, evaluate, metric,
-                  on_epoch_start)
+        log, progress = fit(model, optimizer, scheduler, run, train, precision, identity, batches, loss_fn, evaluate,
+                            metric, on_epoch_start)
     except NonFiniteLoss as error:
         raise SystemExit(f"{error}; stopping. {non_finite_advice(run, train)}") from None
     except Interrupted as interrupt:
@@ -78,6 +80,11 @@ def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, pre
     best = load_checkpoint(run.best_checkpoint, identity, run.device)
     model.load_state_dict(best["model"])
     print(f"best dev epoch {best['epoch']}: {metric} {best['metrics'][metric]:.4f}")
+    run.finish(RunResult(best_epoch=best["epoch"], metric=metric,
+                         best_metrics={name: value for name, value in best["metrics"].items()
+                                       if isinstance(value, float)},  # the numbers, which curves.png plots too
+                         epochs_trained=progress.epoch, wall_seconds=progress.wall_seconds,
+                         tokens_per_second=training_speed(log.records)))
     merge_lora(model)  # the adapters folded into the weights: plain GPT-2 speed at inference
     return log
 
@@ -101,10 +108,11 @@ def out_of_memory_advice(run: Run, train: TrainSettings, precision: str) -> str:
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
         run: Run, train: TrainSettings, precision: str, identity: dict[str, Any], batches: EpochBatches,
         loss_fn: LossFunction, evaluate: Callable[[], dict[str, Any]], metric: str,
-        on_epoch_start: Callable[[int], None] | None) -> RunLog:
+        on_epoch_start: Callable[[int], None] | None) -> tuple[RunLog, Progress]:
     """Train for `train.epochs`, evaluating on dev after each epoch. Keeps `best.pt` (the model at the best
     dev epoch) and `last.pt` (everything needed to resume, written after each epoch and when SIGINT or
-    SIGTERM stops the run). Under torchrun every process runs this; the main one writes the files."""
+    SIGTERM stops the run). Under torchrun every process runs this; the main one writes the files. Returns
+    the log and the progress at the end."""
     scaler = torch.amp.GradScaler(run.device.type, enabled=precision == "fp16")
     progress = Progress(world_size=world_size())
     if rank():  # dropout differs between processes; rank 0 draws what a single process would
@@ -112,6 +120,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
     boundary_rng = rng_state()
 
     def snapshot() -> dict[str, Any]:
+        # the wall time goes into the checkpoint, so a resumed run adds its sessions' time to it
+        progress.wall_seconds = seconds_before + time.time() - session_started
         return {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng": gather_objects(boundary_rng), "progress": vars(progress).copy()}
@@ -135,6 +145,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
         boundary_rng = state["rng"][rank() % len(state["rng"])]
         set_rng_state(boundary_rng)
         print(f"resuming {run.last_checkpoint} at epoch {progress.epoch}, batch {progress.batches_done}")
+    session_started, seconds_before = time.time(), progress.wall_seconds
     records = read_records(run.log_file, progress.step) if resumed else []
     run.open()  # its barrier: every process has read the old log before the main one rewrites it
     log = RunLog(run.log_file, run.curves_file, records)
@@ -162,7 +173,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.opt
             if is_main():
                 print(f"\nstopped by {interrupt}: saved {run.last_checkpoint}; continue with --resume", file=sys.stderr)
             raise
-    return log
+    return log, progress
 
 
 def end_epoch(model: nn.Module, run: Run, train: TrainSettings, identity: dict[str, Any], metric: str,

@@ -1,5 +1,5 @@
-"""A run directory: the files a run keeps, refusing to start over a run by accident, the settings record
-(`settings.json`), and what `--resume` may change.
+"""A run directory: the files a run keeps, refusing to start over a run by accident, the run record
+(`settings.json`: what the run was, and once it has finished, what it achieved), and what `--resume` may change.
 
 Starting where a run already is needs `--resume` (continue it) or `--overwrite` (delete its files and start
 again). `--resume` compares the settings with the recorded ones: a setting that decides the training
@@ -20,11 +20,14 @@ from typing import Any
 import torch
 
 from config import ADJUSTABLE, FIXED, UserError, flag_of, shown
+from training.course_files import write_atomically
 from training.distributed import barrier, is_main
+from training.run_log import is_count, is_number
 from training.settings import ScriptSettings
 
 SETTINGS_FILE = "settings.json"
 LIBRARIES = ("torch", "transformers", "numpy", "safetensors", "sacrebleu", "scikit-learn")
+RESUME_ADVICE = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
 
 
 def run_files(directory: Path) -> list[Path]:
@@ -32,6 +35,42 @@ def run_files(directory: Path) -> list[Path]:
     names = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", "best.pt")
     found = [directory / name for name in names if (directory / name).is_file()]
     return found + sorted(directory.glob("epoch*.pt")) + sorted(directory.glob("*.pt.tmp"))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run achieved: the "result" of its settings.json. Epochs count from 0, as in
+    metrics.jsonl; `epochs_trained` is below --epochs after early stopping."""
+    best_epoch: int
+    metric: str  # the dev metric that picked the best epoch
+    best_metrics: dict[str, float]  # the best epoch's dev metrics
+    epochs_trained: int
+    wall_seconds: float  # training and dev evaluation, summed over the run's sessions
+    tokens_per_second: float  # training tokens, over the epochs logged in metrics.jsonl
+
+
+def result_problem(result: Any) -> str | None:
+    """What keeps `result` from being a `RunResult` as `Run.finish` writes it; None if nothing does."""
+    names = [spec.name for spec in fields(RunResult)]
+    if not (isinstance(result, dict) and sorted(result) == sorted(names)):
+        return f"is not an object of exactly {', '.join(names)}"
+    wanted = {
+        "best_epoch": (is_count, "a whole number from 0"),
+        "metric": (lambda value: isinstance(value, str), "a string"),
+        "best_metrics": (lambda value: isinstance(value, dict) and all(map(is_number, value.values())),
+                         "an object of numbers"),
+        "epochs_trained": (is_count, "a whole number from 0"),
+        "wall_seconds": (is_number, "a number"),
+        "tokens_per_second": (is_number, "a number"),
+    }
+    for name, (ok, kind) in wanted.items():
+        if not ok(result[name]):
+            return f"holds {name} {json.dumps(result[name])}, not {kind}"
+    if result["metric"] not in result["best_metrics"]:
+        return f"has no {result['metric']} (its metric) among its best_metrics"
+    if result["best_epoch"] >= result["epochs_trained"]:
+        return f"holds best_epoch {result['best_epoch']} of only {result['epochs_trained']} epochs trained"
+    return None
 
 
 @dataclass
@@ -67,10 +106,19 @@ class Run:
                     path.unlink()
             self.directory.mkdir(parents=True, exist_ok=True)
             (self.record["resumed"][-1] if self.resume else self.record)["environment"] = environment(self.device)
-            temporary = self.directory / (SETTINGS_FILE + ".tmp")
-            temporary.write_text(json.dumps(self.record, indent=2) + "\n")
-            os.replace(temporary, self.directory / SETTINGS_FILE)
+            self.write_record()
         barrier()
+
+    def finish(self, result: RunResult) -> None:
+        """When training has ended and the best epoch is restored: record what the run achieved, which marks it
+        finished (a resumed run is unfinished again until it gets here). Only the main process writes."""
+        self.record["result"] = asdict(result)
+        if is_main():
+            self.write_record()
+
+    def write_record(self) -> None:
+        """Atomically: a run stopped while writing keeps its previous record whole."""
+        write_atomically(self.directory / SETTINGS_FILE, json.dumps(self.record, indent=2) + "\n")
 
 
 def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: dict[str, Path], command: list[str],
@@ -98,30 +146,33 @@ def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: d
     changes = changed_settings(directory, recorded["settings"], groups)
     resumed = recorded.setdefault("resumed", [])
     resumed.append({"command": command, "changed": changes})
-    return Run(directory, task, device, {**recorded, "settings": record["settings"], "resumed": resumed},
+    unfinished = {key: value for key, value in recorded.items() if key != "result"}  # until it finishes again
+    return Run(directory, task, device, {**unfinished, "settings": record["settings"], "resumed": resumed},
                resume=True, changes=changes)
 
 
-def read_record(directory: Path) -> dict[str, Any]:
-    """The settings record of a run, refused (naming the file, and the line where it breaks) unless it is
-    what `plan_run` writes."""
+def read_record(directory: Path, advice: str = RESUME_ADVICE) -> dict[str, Any]:
+    """The run record of a run, refused (naming the file, the line where it breaks or the section that is
+    wrong, then `advice`: what the reader can do) unless it is what `plan_run` and `Run.finish` write."""
     path = directory / SETTINGS_FILE
-    redo = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
     if not path.is_file():
         raise UserError(f"{directory} holds a run without {SETTINGS_FILE} (from an earlier version of this code), so "
-                        f"its settings cannot be checked; {redo}")
+                        f"its settings cannot be checked; {advice}")
     try:
         record = json.loads(path.read_bytes())
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}, line {error.lineno}: not JSON ({error.msg}); {redo}") from None
+        raise UserError(f"{path}, line {error.lineno}: not JSON ({error.msg}); {advice}") from None
     except ValueError as error:  # not UTF-8
-        raise UserError(f"{path}: not JSON ({error}); {redo}") from None
+        raise UserError(f"{path}: not JSON ({error}); {advice}") from None
     sections = {"task": str, "settings": dict, "data": dict, "resumed": list}
     if not (isinstance(record, dict) and all(isinstance(record.get(key, []), kind) for key, kind in sections.items())
             and all(isinstance(group, dict) for group in record.get("settings", {}).values())
             and all(isinstance(entry, dict) and {"path", "sha256"} <= entry.keys()
                     for entry in record.get("data", {}).values())):
-        raise UserError(f"{path}: not a settings record of this code (task, settings, data); {redo}")
+        raise UserError(f"{path}: not a settings record of this code (task, settings, data); {advice}")
+    problem = result_problem(record["result"]) if "result" in record else None
+    if problem:
+        raise UserError(f"{path}: its result {problem}; {advice}")
     return record
 
 

@@ -1,15 +1,49 @@
-"""A run's metrics, one JSON object a line in `metrics.jsonl`, and its learning curves in `curves.png`."""
+"""A run's metrics, one JSON object a line in `metrics.jsonl`, and its learning curves in `curves.png`.
+
+Every line has its `split` ("train": the loss every --log_every steps; "dev": the dev metrics after each epoch;
+"epoch": the epoch's training time and tokens per second; "resume": the settings a resume changed), the
+`epoch` (from 0) and the optimizer `step`.
+"""
 import json
+import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from config import UserError
+from training.course_files import current_umask
 from training.distributed import is_main
 
+RESUME_ADVICE = "mend or delete that line, then resume again"
 
-def read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """A resumed run's log lines up to its checkpoint's step (those after it will be logged again). A line
-    that is not a JSON object is refused, naming the file and line."""
+
+def is_number(value: Any) -> bool:
+    """A JSON number (JSON's true and false are Python ints, and not numbers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_count(value: Any) -> bool:
+    """A whole JSON number from 0: an epoch, a step."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def record_problem(record: Any) -> str | None:
+    """What keeps a parsed line from being a record `RunLog` writes; None if nothing does."""
+    if not isinstance(record, dict):
+        return f"not a JSON object ({record})"
+    if not (isinstance(record.get("split"), str) and is_count(record.get("epoch")) and is_count(record.get("step"))):
+        return "not a record of this code (a split, and a whole epoch and step from 0)"
+    if record["split"] == "epoch" and not (is_number(record.get("seconds"))
+                                           and is_number(record.get("tokens_per_second"))):
+        return "an epoch record without its seconds and tokens_per_second"
+    return None
+
+
+def read_records(path: Path, up_to_step: float = math.inf, advice: str = RESUME_ADVICE) -> list[dict[str, Any]]:
+    """The log's records up to `up_to_step`: a resumed run keeps those up to its checkpoint's step (those
+    after it will be logged again). A line that is not a record is refused, naming the file and line, then
+    `advice`: what the reader can do."""
     if not path.is_file():
         return []
     records = []
@@ -19,12 +53,33 @@ def read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except ValueError as error:  # not JSON, or not UTF-8
                 record = error
-            if not isinstance(record, dict):
-                raise UserError(f"{path}, line {number}: not a JSON object ({record}); mend or delete that line, "
-                                "then resume again")
-            if record.get("step", 0) <= up_to_step:
+            problem = record_problem(record)
+            if problem:
+                raise UserError(f"{path}, line {number}: {problem}; {advice}")
+            if record["step"] <= up_to_step:
                 records.append(record)
     return records
+
+
+def training_speed(records: list[dict[str, Any]]) -> float:
+    """Training tokens per second over the epochs logged: their tokens over their seconds."""
+    epochs = [record for record in records if record["split"] == "epoch"]
+    seconds = sum(record["seconds"] for record in epochs)
+    return sum(record["tokens_per_second"] * record["seconds"] for record in epochs) / seconds if seconds else 0.0
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """`figure` as a PNG at `path`, written beside it and renamed, so that no reader sees half a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(descriptor, 0o666 & ~current_umask())  # mkstemp makes files private; a picture is not
+        with open(descriptor, "wb") as f:
+            figure.savefig(f, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 class RunLog:
@@ -61,5 +116,5 @@ class RunLog:
             axis.plot([r["epoch"] for r in dev if key in r], [r[key] for r in dev if key in r], marker="o")
             axis.set(xlabel="epoch", title=f"dev {key}")
         figure.tight_layout()
-        figure.savefig(self.picture)
+        save_figure(figure, self.picture)
         plt.close(figure)
