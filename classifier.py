@@ -6,6 +6,7 @@ course's prediction files.
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 import evaluation
 from config import FREE, require, require_range, setting
-from datasets import BATCH_PADDING, EpochBatches, seeded_sample, tokenize_sentiment
+from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_sentiment
 from models.gpt2 import GPT2Model
 from modules.pooling import POOLING, Pooler
 from training.checkpoints import seed_everything
@@ -22,6 +23,8 @@ from training.course_files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, Senti
                                    write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
+from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
+                               refuse_member_flags)
 from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
@@ -40,6 +43,11 @@ DEFAULTS = {
 CLOZE_TEMPLATE = "{sentence} All in all, the movie was"
 LABEL_WORDS = {"sst": " terrible, bad, okay, good, great", "cfimdb": " bad, good"}
 SPLITS = ("train", "dev", "test-student")
+PREDICTED = {"dev": "dev", "test": "test-student"}  # each prediction file's split: the data file it answers
+# With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
+# its settings.json): the files read and written. Its --dataset and --fine-tune-mode must agree with the runs.
+ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir")}
+ENSEMBLE_FLAGS = {**ENSEMBLE_FROM_COMMAND, "task": (*ENSEMBLE_FROM_COMMAND["task"], "dataset", "fine_tune_mode")}
 
 
 @dataclass(frozen=True)
@@ -92,10 +100,13 @@ class ClassifierSettings:
 
 @dataclass(frozen=True)
 class Settings(ScriptSettings):
+    run: RunOrEnsembleSettings
     task: ClassifierSettings  # with `train`'s lr and batch_size None meaning the course's (`resolved_training`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.run.ensemble:
+            refuse_member_flags(self, ENSEMBLE_FLAGS)
         task, strategy = self.task, self.strategy
         whole_model = task.fine_tune_mode == "full-model"
         for name in ("lora", "train_top_layers", "ulmfit"):
@@ -174,12 +185,66 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings
     return ids
 
 
+def cloze_words(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, dataset: str) -> list[int] | None:
+    """The label words' token ids in cloze mode; None with a new head."""
+    return label_token_ids(tokenizer, task, dataset) if task.cloze else None
+
+
+def build_model(settings: Settings, dataset: str, words: list[int] | None) -> SentimentClassifier:
+    """The classifier that `settings` describe for `dataset`: GPT-2, the fine-tuning strategy, and a new head or
+    the cloze label words' token ids `words`. Training builds it from the command's settings; an ensemble
+    builds each run's from the settings that run recorded."""
+    task = settings.task
+    gpt = build_gpt2(settings.model)
+    apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
+    return SentimentClassifier(gpt, SENTIMENT_NUM_LABELS[dataset], task.pooling, task.head_dropout, words)
+
+
+def task_name(dataset: str) -> str:
+    """A run's task, as its checkpoints and settings.json name it."""
+    return f"sentiment-{dataset}"
+
+
 def read_dataset(settings: Settings, dataset: str) -> dict[str, list[SentimentExample]]:
     """Every split of `dataset`, read before any dataset trains; the training split sampled by --train_limit."""
     examples = {split: read_sentiment(settings.task.data_file(dataset, split), SENTIMENT_NUM_LABELS[dataset],
                                       labelled=split != "test-student") for split in SPLITS}
     examples["train"] = seeded_sample(examples["train"], settings.train.train_limit, settings.train.seed)
     return examples
+
+
+def tokenized(task: ClassifierSettings, dataset: str, split: str, examples: list[SentimentExample],
+              tokenizer: PreTrainedTokenizerBase, max_len: int) -> TokenizedDataset:
+    """`examples` of `split` in the task's prompt (the cloze template by default in cloze mode), tokenised once."""
+    template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
+    source = str(task.data_file(dataset, split))
+    return cached_tokens(tokenize_sentiment, examples, tokenizer, template, max_len, source)
+
+
+def sentence_logits(model: SentimentClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
+
+
+def class_logits(model: SentimentClassifier, data: TokenizedDataset, train: TrainSettings, device: torch.device,
+                 precision: str, desc: str) -> torch.Tensor:
+    """The logits of every example of `data`, in order; in batches of four training batches (no gradients)."""
+    return predict(model, data.batches(4 * train.batch_size, shuffle=False), device, precision,
+                   lambda batch: sentence_logits(model, batch), len(data), desc)
+
+
+def dev_metrics(dev: TokenizedDataset, logits: torch.Tensor, num_labels: int) -> dict[str, float]:
+    metrics = classification_metrics(dev.labels, logits.argmax(-1).tolist(), range(num_labels))
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "loss": F.cross_entropy(logits, torch.tensor(dev.labels)).item()}
+
+
+def write_and_grade(task: ClassifierSettings, dataset: str, ids: dict[str, list[str]],
+                    labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Write the dev and test prediction files (by `PREDICTED` split) and grade the dev file."""
+    for split in PREDICTED:
+        write_on_main(write_predictions, task.predictions_file(dataset, split), ids[split], labels[split],
+                      SENTIMENT_HEADER)
+    return evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"))
 
 
 def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[SentimentExample]], run: Run | None,
@@ -189,41 +254,29 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
     task, train = settings.task, resolved_training(settings, dataset)
     seed_everything(train.seed)
     num_labels = SENTIMENT_NUM_LABELS[dataset]
-    gpt = build_gpt2(settings.model)
-    template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
-    max_len = gpt.config.max_position_embeddings
-    train_data, dev, test = (cached_tokens(tokenize_sentiment, examples[split], tokenizer, template, max_len,
-                                           str(task.data_file(dataset, split))) for split in SPLITS)
-
-    apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
-    model = SentimentClassifier(gpt, num_labels, task.pooling, task.head_dropout, words).to(device)
-    print(f"{dataset}: {len(train_data)} train, {len(dev)} dev, {len(test)} test; {count_parameters(model)}")
+    model = build_model(settings, dataset, words).to(device)
+    max_len = model.gpt.config.max_position_embeddings
+    data = {split: tokenized(task, dataset, split, examples[split], tokenizer, max_len) for split in SPLITS}
+    train_data, dev = data["train"], data["dev"]
+    print(f"{dataset}: {len(train_data)} train, {len(dev)} dev, {len(data['test-student'])} test; "
+          f"{count_parameters(model)}")
     precision = settings.model.precision
 
-    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
-
     def evaluate() -> dict[str, float]:
-        scores = predict(model, dev.batches(4 * train.batch_size, shuffle=False), device, precision, logits,
-                         len(dev), f"{dataset} dev")
-        metrics = classification_metrics(dev.labels, scores.argmax(-1).tolist(), range(num_labels))
-        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                "loss": F.cross_entropy(scores, torch.tensor(dev.labels)).item()}
+        return dev_metrics(dev, class_logits(model, dev, train, device, precision, f"{dataset} dev"), num_labels)
 
     if run is not None:
-        num_layers = gpt.config.num_hidden_layers
+        num_layers = model.gpt.config.num_hidden_layers
         train_and_restore_best(
             model, run, train, precision, num_layers, EpochBatches(train_data, train.batch_size, train.seed),
-            loss_fn=lambda batch: F.cross_entropy(logits(batch), batch["labels"], label_smoothing=task.label_smoothing),
+            loss_fn=lambda batch: F.cross_entropy(sentence_logits(model, batch), batch["labels"],
+                                                  label_smoothing=task.label_smoothing),
             evaluate=evaluate,
             on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
 
-    for split, data in (("dev", dev), ("test", test)):
-        scores = predict(model, data.batches(4 * train.batch_size, shuffle=False), device, precision, logits,
-                         len(data), f"{dataset} {split}")
-        write_on_main(write_predictions, task.predictions_file(dataset, split), data.ids, scores.argmax(-1).tolist(),
-                      SENTIMENT_HEADER)
-    results = evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"))
+    labels = {split: class_logits(model, data[source], train, device, precision, f"{dataset} {split}")
+              .argmax(-1).tolist() for split, source in PREDICTED.items()}
+    results = write_and_grade(task, dataset, {split: data[source].ids for split, source in PREDICTED.items()}, labels)
     majority = max(set(train_data.labels), key=train_data.labels.count)
     baseline = sum(label == majority for label in dev.labels) / len(dev)
     print(f"{dataset} dev: accuracy {results['accuracy']:.4f}, macro-F1 {results['macro_f1']:.4f} "
@@ -239,19 +292,69 @@ def plan_dataset_run(settings: Settings, dataset: str, command: list[str], devic
     resolved = replace(settings, task=replace(task, dataset=dataset), train=resolved_training(settings, dataset))
     directory = (settings.run.run_dir or Path("runs") / task.fine_tune_mode) / dataset
     data = {f"--data_dir ({split})": task.data_file(dataset, split) for split in ("train", "dev")}
-    return plan_run(resolved, directory, f"sentiment-{dataset}", data, command, device)
+    return plan_run(resolved, directory, task_name(dataset), data, command, device)
+
+
+# -----------------------------------------------------------------------------
+# ensembles (--ensemble)
+
+def ensemble_members(settings: Settings) -> list[Member]:
+    """The --ensemble runs, each with the settings it trained with; refused at start-up unless they are runs of
+    one dataset (--dataset's, when given) and one of them trained in --fine-tune-mode, which names the files."""
+    members = read_members(Settings, settings, [task_name(dataset) for dataset in settings.task.datasets],
+                           ENSEMBLE_FROM_COMMAND)
+    modes = sorted({member.settings.task.fine_tune_mode for member in members})
+    require(settings.task, "fine_tune_mode", settings.task.fine_tune_mode in modes,
+            f"names the ensemble's prediction files, and no --ensemble run trained in this mode (they trained in "
+            f"{' and '.join(modes)})")
+    return members
+
+
+def run_ensemble(settings: Settings, members: list[Member], examples: dict[str, list[SentimentExample]],
+                 device: torch.device, command: list[str]) -> None:
+    """Average the class probabilities of the runs' best checkpoints on this command's dev and test files,
+    write the prediction files, and log each run's dev metrics and the ensemble's beside them."""
+    dataset = members[0].settings.task.dataset
+    vote = Vote(("accuracy", "macro_f1"))
+    for member in members:
+        vote_of(member, dataset, examples, device, vote)
+    ids = {split: [example.id for example in examples[source]] for split, source in PREDICTED.items()}
+    graded = write_and_grade(settings.task, dataset, ids, vote.labels())
+    vote.report(members[0].task, graded, {split: settings.task.predictions_file(dataset, split) for split in PREDICTED},
+                command)
+
+
+def vote_of(member: Member, dataset: str, examples: dict[str, list[SentimentExample]], device: torch.device,
+            vote: Vote) -> None:
+    """Add one run's logits on dev and test to `vote`, the run as it trained: its tokenizer, prompt, model
+    and best checkpoint. Its model is freed on return, before the next run's is built."""
+    settings = member.settings
+    tokenizer = tokenizer_for(settings.model)
+    model = build_model(settings, dataset, cloze_words(tokenizer, settings.task, dataset)).to(device)
+    best_epoch = load_best(model, member, device)
+    max_len, train = model.gpt.config.max_position_embeddings, resolved_training(settings, dataset)
+    logits, data = {}, {}
+    for split, source in PREDICTED.items():
+        data[split] = tokenized(settings.task, dataset, source, examples[source], tokenizer, max_len)
+        logits[split] = class_logits(model, data[split], train, device, settings.model.precision,
+                                     f"{member.directory} {split}")
+    vote.add(member, best_epoch, logits, dev_metrics(data["dev"], logits["dev"], SENTIMENT_NUM_LABELS[dataset]))
 
 
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("classifier.py"):
         settings = get_settings(argv)
-        examples = {dataset: read_dataset(settings, dataset) for dataset in settings.task.datasets}
+        members = ensemble_members(settings) if settings.run.ensemble else []
+        datasets = [members[0].settings.task.dataset] if members else settings.task.datasets
+        examples = {dataset: read_dataset(settings, dataset) for dataset in datasets}
         device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
+        if members:
+            run_ensemble(settings, members, examples[datasets[0]], device, ["classifier.py", *argv])
+            return
         runs = {dataset: plan_dataset_run(settings, dataset, ["classifier.py", *argv], device)
                 for dataset in settings.task.datasets}
         tokenizer = tokenizer_for(settings.model)
-        words = {dataset: label_token_ids(tokenizer, settings.task, dataset) if settings.task.cloze else None
-                 for dataset in runs}
+        words = {dataset: cloze_words(tokenizer, settings.task, dataset) for dataset in runs}
         for dataset, run in runs.items():
             run_dataset(settings, dataset, examples[dataset], run, tokenizer, words[dataset], device)
 

@@ -8,26 +8,30 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import FREE, NO_ID, YES_ID, require, require_range, setting
+from config import FREE, NO_ID, YES_ID, UserError, require, require_range, setting
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss
 from modules.pooling import POOLING, Pooler
 from training.checkpoints import seed_everything
-from training.course_files import PARAPHRASE_HEADER, read_paraphrase, write_predictions
+from training.course_files import PARAPHRASE_HEADER, ParaphraseExample, read_paraphrase, write_predictions
 from training.device import choose_device
 from training.distributed import write_on_main
+from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
+                               refuse_member_flags)
 from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
-from training.run_dir import plan_run
+from training.run_dir import plan_run, sha256
 from training.settings import (FlagParser, ScriptSettings, require_input_file, require_template, require_writable,
                                settings_from_flags, settings_parser, user_errors_end_in_one_line)
 from training.token_cache import cached_tokens
@@ -35,6 +39,12 @@ from training.token_cache import cached_tokens
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
 NO_YES = [NO_ID, YES_ID]  # class 0 is the token "no", class 1 the token "yes"
 FULL_QUORA_PAIRS = 283_003  # the course's training set, for the projected epoch time
+TASK = "paraphrase"  # as checkpoints and settings.json name it
+# With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
+# its settings.json): the files read and written, and the scoring batch.
+ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS,
+                         "task": ("para_train", "para_dev", "para_test", "para_dev_out", "para_test_out",
+                                  "eval_batch_size")}
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,13 @@ class ParaphraseSettings:
 
 @dataclass(frozen=True)
 class Settings(ScriptSettings):
+    run: RunOrEnsembleSettings
     task: ParaphraseSettings
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.run.ensemble:
+            refuse_member_flags(self, ENSEMBLE_FROM_COMMAND)
 
 
 def build_parser() -> FlagParser:
@@ -123,6 +139,21 @@ class ParaphraseGPT(nn.Module):
 
     def decide(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.gpt.token_logits(pooled, self.no_yes) if self.cloze else self.classifier(pooled)
+
+
+def build_model(settings: Settings) -> ParaphraseGPT:
+    """The model that `settings` describe: GPT-2, the fine-tuning strategy and the decision. Training builds it
+    from the command's settings; an ensemble builds each run's from the settings that run recorded."""
+    task = settings.task
+    gpt = build_gpt2(settings.model)
+    apply_strategy(gpt, settings.strategy)
+    return ParaphraseGPT(gpt, task.head, task.head_dropout, task.dropout_samples)
+
+
+def prompt_template(task: ParaphraseSettings, train_examples: list[ParaphraseExample], seed: int) -> str:
+    """The prompt of every pair: --prompt, after --k_shot answered training pairs drawn with `seed`."""
+    shots = demonstrations(train_examples, task.k_shot, seed, task.prompt) if task.k_shot else ""
+    return shots + task.prompt
 
 
 def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
@@ -172,59 +203,78 @@ def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
     return 1 - real / sum(b["attention_mask"].numel() for b in batches)
 
 
+def tokenized(task: ParaphraseSettings, examples: list[ParaphraseExample], path: Path,
+              tokenizer: PreTrainedTokenizerBase, template: str, max_len: int) -> TokenizedDataset:
+    """The pairs of `path` in `template` (both orders with --symmetric), tokenised once."""
+    return cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
+
+
+def pair_logits(model: ParaphraseGPT, data: TokenizedDataset, task: ParaphraseSettings, device: torch.device,
+                precision: str, desc: str) -> torch.Tensor:
+    """The [no, yes] logits of every pair of `data`, in order (with --symmetric, averaged over both orders)."""
+    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
+        return combine_orders(out["logits"], task.symmetric)
+
+    return predict(model, data.batches(task.eval_batch_size, shuffle=False), device, precision, logits, len(data), desc)
+
+
+def dev_metrics(dev: TokenizedDataset, logits: torch.Tensor) -> dict[str, float]:
+    metrics = classification_metrics(dev.labels, logits.argmax(-1).tolist(), [0, 1])
+    return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
+
+
+def write_and_grade(task: ParaphraseSettings, ids: dict[str, list[str]],
+                    labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Write --para_dev_out and --para_test_out (class 1 as the token id of "yes", 0 as "no", the course's
+    encoding) and grade the dev file."""
+    for split, path in (("dev", task.para_dev_out), ("test", task.para_test_out)):
+        answers = [NO_YES[label] for label in labels[split]]
+        write_on_main(write_predictions, path, ids[split], answers, PARAPHRASE_HEADER)
+    return evaluation.grade(task.para_dev_out, task.para_dev)
+
+
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("paraphrase_detection.py"):
         settings = get_settings(argv)
         task, train = settings.task, settings.train
+        members = ensemble_members(settings) if settings.run.ensemble else []
         train_examples = read_paraphrase(task.para_train)
         require(task, "k_shot", task.k_shot <= len(train_examples),
                 f"more than the {len(train_examples)} pairs of --para_train")
-        dev_examples, test_examples = read_paraphrase(task.para_dev), read_paraphrase(task.para_test, labelled=False)
+        examples = {"dev": read_paraphrase(task.para_dev), "test": read_paraphrase(task.para_test, labelled=False)}
         device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
+        if members:
+            run_ensemble(settings, members, train_examples, examples, device, ["paraphrase_detection.py", *argv])
+            return
         run = None
         if train.epochs > 0:
-            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", "paraphrase",
+            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", TASK,
                            {"--para_train": task.para_train, "--para_dev": task.para_dev},
                            ["paraphrase_detection.py", *argv], device)
         seed_everything(train.seed)
         tokenizer = tokenizer_for(settings.model)
-        gpt = build_gpt2(settings.model)
-        max_len = gpt.config.max_position_embeddings
-
-        shots = demonstrations(train_examples, task.k_shot, train.seed, task.prompt) if task.k_shot else ""
-        template = shots + task.prompt
+        model = build_model(settings).to(device)
+        max_len = model.gpt.config.max_position_embeddings
+        template = prompt_template(task, train_examples, train.seed)
         train_examples = seeded_sample(train_examples, train.train_limit, train.seed)
-        train_data, dev, test = (
-            cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
-            for examples, path in ((train_examples, task.para_train), (dev_examples, task.para_dev),
-                                   (test_examples, task.para_test)))
-        apply_strategy(gpt, settings.strategy)
-        model = ParaphraseGPT(gpt, task.head, task.head_dropout, task.dropout_samples).to(device)
+        train_data, dev, test = (tokenized(task, pairs, path, tokenizer, template, max_len) for pairs, path in (
+            (train_examples, task.para_train), (examples["dev"], task.para_dev), (examples["test"], task.para_test)))
         print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")
         precision = settings.model.precision
 
-        def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
-            return combine_orders(out["logits"], task.symmetric)
-
         def evaluate() -> dict[str, float]:
-            scores = predict(model, dev.batches(task.eval_batch_size, shuffle=False), device, precision, logits,
-                             len(dev), "dev")
-            metrics = classification_metrics(dev.labels, scores.argmax(-1).tolist(), [0, 1])
-            return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
+            return dev_metrics(dev, pair_logits(model, dev, task, device, precision, "dev"))
 
         if run is not None:
             batches = EpochBatches(train_data, train.batch_size, train.seed)
             padding = padding_fraction(batches(0))
-            log = train_and_restore_best(model, run, train, precision, gpt.config.num_hidden_layers, batches,
+            log = train_and_restore_best(model, run, train, precision, model.gpt.config.num_hidden_layers, batches,
                                          lambda batch: paraphrase_loss(model, batch, task), evaluate)
             report_speed(log.records, train_data, padding)
-        for data, path in ((dev, task.para_dev_out), (test, task.para_test_out)):
-            scores = predict(model, data.batches(task.eval_batch_size, shuffle=False), device, precision, logits,
-                             len(data), path.name)
-            answers = [NO_YES[label] for label in scores.argmax(-1).tolist()]  # the course's encoding
-            write_on_main(write_predictions, path, data.ids, answers, PARAPHRASE_HEADER)
-        results = evaluation.grade(task.para_dev_out, task.para_dev)
+        labels = {split: pair_logits(model, data, task, device, precision, path.name).argmax(-1).tolist()
+                  for split, data, path in (("dev", dev, task.para_dev_out), ("test", test, task.para_test_out))}
+        results = write_and_grade(task, {"dev": dev.ids, "test": test.ids}, labels)
         majority = sum(label == 0 for label in dev.labels) / len(dev)
         print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, "
               f"precision {results['precision']:.4f}, recall {results['recall']:.4f} "
@@ -240,6 +290,56 @@ def report_speed(records: list[dict], train: TokenizedDataset, padding: float) -
     print(json.dumps({"train_tokens_per_second": round(speed), "padding_fraction": round(padding, 4),
                       "tokens_per_pair": round(tokens_per_pair, 1),
                       "projected_full_epoch_minutes": round(projected / 60, 1)}))
+
+
+# -----------------------------------------------------------------------------
+# ensembles (--ensemble)
+
+def ensemble_members(settings: Settings) -> list[Member]:
+    """The --ensemble runs, each with the settings it trained with; refused at start-up unless all are
+    paraphrase runs, and a run whose prompt holds --k_shot training pairs gets the same ones again: this
+    command's --para_train must be the file it trained with (by content)."""
+    members = read_members(Settings, settings, [TASK], ENSEMBLE_FROM_COMMAND)
+    shots = [member for member in members if member.settings.task.k_shot]
+    now = sha256(settings.task.para_train) if shots else None
+    for member in shots:
+        trained = member.record["data"].get("--para_train", {})
+        if trained.get("sha256") != now:
+            raise UserError(f"--ensemble {member.directory}: its prompt holds {member.settings.task.k_shot} pairs of "
+                            f"its --para_train {trained.get('path')}, and --para_train {settings.task.para_train} "
+                            "differs from it: give the file it trained with")
+    return members
+
+
+def run_ensemble(settings: Settings, members: list[Member], train_examples: list[ParaphraseExample],
+                 examples: dict[str, list[ParaphraseExample]], device: torch.device, command: list[str]) -> None:
+    """Average the [no, yes] probabilities of the runs' best checkpoints on this command's dev and test pairs,
+    write the prediction files, and log each run's dev metrics and the ensemble's beside them."""
+    task = settings.task
+    vote = Vote(("accuracy", "f1", "precision", "recall"))
+    for member in members:
+        vote_of(member, train_examples, examples, device, vote)
+    graded = write_and_grade(task, {split: [pair.id for pair in pairs] for split, pairs in examples.items()},
+                             vote.labels())
+    vote.report(TASK, graded, {"dev": task.para_dev_out, "test": task.para_test_out}, command)
+
+
+def vote_of(member: Member, train_examples: list[ParaphraseExample], examples: dict[str, list[ParaphraseExample]],
+            device: torch.device, vote: Vote) -> None:
+    """Add one run's logits on dev and test to `vote`, the run as it trained: its tokenizer, prompt (with its
+    own demonstrations), model and best checkpoint. Its model is freed on return, before the next run's is built."""
+    settings, task = member.settings, member.settings.task
+    tokenizer = tokenizer_for(settings.model)
+    model = build_model(settings).to(device)
+    best_epoch = load_best(model, member, device)
+    template = prompt_template(task, train_examples, settings.train.seed)
+    max_len = model.gpt.config.max_position_embeddings
+    logits, data = {}, {}
+    for split, path in (("dev", task.para_dev), ("test", task.para_test)):
+        data[split] = tokenized(task, examples[split], path, tokenizer, template, max_len)
+        logits[split] = pair_logits(model, data[split], task, device, settings.model.precision,
+                                    f"{member.directory} {split}")
+    vote.add(member, best_epoch, logits, dev_metrics(data["dev"], logits["dev"]))
 
 
 if __name__ == "__main__":
