@@ -24,6 +24,7 @@ from config import END_OF_TEXT_ID, PRESETS
 from datasets import BATCH_PADDING
 from models.decoding import DecodingConfig, generate, greedy_decode
 from models.gpt2 import GPT2Model
+from modules.classification import GPT2Classifier
 from optimizer import AdamW
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -236,7 +237,7 @@ def bench_paraphrase(ours: GPT2Model, theirs: transformers.GPT2LMHeadModel, args
     """Pairs per second of a whole paraphrase training step at each batch size: ours is the task script's
     (the cloze head's two label-word logits, our AdamW); the usual way scores the last real token's
     full-vocabulary logits with transformers' GPT2LMHeadModel and steps torch.optim.AdamW at its defaults."""
-    model = paraphrase_detection.ParaphraseGPT(ours, "cloze", head_dropout=0.0, dropout_samples=1).train()
+    model = GPT2Classifier(ours, 2, label_token_ids=paraphrase_detection.NO_YES).train()
     theirs.train()
     label_tokens = torch.tensor(paraphrase_detection.NO_YES, device=args.device)
 

@@ -10,17 +10,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import FREE, require, require_range, setting
+from config import FREE, require, setting
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_sentiment
-from models.gpt2 import GPT2Model
-from modules.pooling import POOLING, Pooler
+from modules.classification import GPT2Classifier
+from modules.pooling import POOLING
 from training.checkpoints import seed_everything
-from training.course_files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, SentimentExample, read_sentiment,
-                                   write_predictions)
+from training.course_files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, SentimentExample, read_extra_rows,
+                                   read_sentiment, write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
@@ -29,9 +28,10 @@ from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
+from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import Run, plan_run
-from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_template, require_writable,
-                               settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_extra_train, require_template,
+                               require_writable, settings_from_flags, settings_parser, user_errors_end_in_one_line)
 from training.token_cache import cached_tokens
 
 # What the course's help text advises (its code defaults to lr 1e-3 in both modes and batch 8): the README's
@@ -46,12 +46,13 @@ SPLITS = ("train", "dev", "test-student")
 PREDICTED = {"dev": "dev", "test": "test-student"}  # each prediction file's split: the data file it answers
 # With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
 # its settings.json): the files read and written. Its --dataset and --fine-tune-mode must agree with the runs.
-ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir")}
-ENSEMBLE_FLAGS = {**ENSEMBLE_FROM_COMMAND, "task": (*ENSEMBLE_FROM_COMMAND["task"], "dataset", "fine_tune_mode")}
+# An ensemble trains nothing: the runs' --extra_train files are not needed, and the command may not give any.
+ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir", "extra_train")}
+ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir", "dataset", "fine_tune_mode")}
 
 
 @dataclass(frozen=True)
-class ClassifierSettings:
+class ClassifierSettings(ClassificationObjective):
     """The task: which datasets, their files, and how GPT-2 turns a sentence into a label."""
     fine_tune_mode: str = setting("last-linear-layer", "train only the head, or GPT-2 too",
                                   choices=("last-linear-layer", "full-model"), flag="--fine-tune-mode")
@@ -59,18 +60,19 @@ class ClassifierSettings:
                            choices=("sst", "cfimdb", "both"), on_resume=FREE)
     data_dir: Path = setting(Path("data"), "folder of the course's ids-{sst,cfimdb}-*.csv files", on_resume=FREE)
     predictions_dir: Path = setting(Path("predictions"), "where the prediction files go", on_resume=FREE)
-    head_dropout: float = setting(0.3, "dropout before the classification head", aliases=("--hidden_dropout_prob",))
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    head_dropout: float = setting(0.3, "dropout before the decision (the course's --hidden_dropout_prob)",
+                                  aliases=("--hidden_dropout_prob",))
     pooling: str = setting("last", "hidden states the head reads: the last real token (the course's), a mean, "
                                    "a max, learned attention, or a learned mix of mean and last", choices=POOLING)
     prompt: str | None = setting(None, "template around each sentence, e.g. 'Review: {sentence} Sentiment:'")
     cloze: bool = setting(False, "score label words through the language-model head instead of a new head; "
                                  "with --epochs 0 this is zero-shot")
     label_words: str | None = setting(None, f"comma-separated, one single-token word per class; default {LABEL_WORDS}")
+    extra_train: tuple[Path, ...] = setting((), "more labelled training files in the course's format, added after "
+                                                "--train_limit's sample (with --dataset sst or cfimdb)")
 
     def __post_init__(self) -> None:
-        require_range(self, "head_dropout", 0, 1, high_open=True)
-        require_range(self, "label_smoothing", 0, 1, high_open=True)
+        super().__post_init__()
         if self.prompt is not None:
             require_template(self, "prompt", {"sentence"})
         require(self, "pooling", not self.cloze or self.pooling == "last",
@@ -86,6 +88,9 @@ class ClassifierSettings:
                 require(self, "data_dir", self.data_file(dataset, split).is_file(),
                         f"holds no ids-{dataset}-{split}.csv (bash setup.sh copies the course data into data/)")
         require_writable(self, "predictions_dir", directory=True)
+        require_extra_train(self)
+        require(self, "extra_train", not self.extra_train or self.dataset != "both",
+                "holds one dataset's labels: add --dataset sst or --dataset cfimdb")
 
     @property
     def datasets(self) -> list[str]:
@@ -149,31 +154,6 @@ def resolved_training(settings: Settings, dataset: str) -> TrainSettings:
     return train
 
 
-class SentimentClassifier(nn.Module):
-    """GPT-2 and a head on the pooled hidden states (the course reads the last real token); or, in cloze
-    mode, the language-model head's logits of one label word per class."""
-
-    def __init__(self, gpt: GPT2Model, num_labels: int, pooling: str, head_dropout: float,
-                 label_token_ids: list[int] | None = None):
-        super().__init__()
-        self.gpt = gpt
-        self.cloze = label_token_ids is not None
-        if self.cloze:
-            self.register_buffer("label_token_ids", torch.tensor(label_token_ids), persistent=False)
-        else:
-            self.pooler = Pooler(gpt.config.hidden_size, pooling)
-            self.dropout = nn.Dropout(head_dropout)
-            self.classifier = nn.Linear(gpt.config.hidden_size, num_labels)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                padding: str | None = None) -> torch.Tensor:
-        out = self.gpt(input_ids, attention_mask, padding=padding)
-        if self.cloze:
-            return self.gpt.token_logits(out["last_token"], self.label_token_ids)
-        pooled = self.pooler(out["last_hidden_state"], attention_mask, out["last_token"])
-        return self.classifier(self.dropout(pooled))
-
-
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, dataset: str) -> list[int]:
     """One token id per class: the cloze label words, each a single token after a space."""
     ids = []
@@ -190,14 +170,16 @@ def cloze_words(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, da
     return label_token_ids(tokenizer, task, dataset) if task.cloze else None
 
 
-def build_model(settings: Settings, dataset: str, words: list[int] | None) -> SentimentClassifier:
-    """The classifier that `settings` describe for `dataset`: GPT-2, the fine-tuning strategy, and a new head or
-    the cloze label words' token ids `words`. Training builds it from the command's settings; an ensemble
-    builds each run's from the settings that run recorded."""
+def build_model(settings: Settings, dataset: str, words: list[int] | None) -> GPT2Classifier:
+    """The classifier that `settings` describe for `dataset`: GPT-2, the fine-tuning strategy, and a new head on
+    the pooled hidden states (the course reads the last real token) or, in cloze mode, the language-model
+    head's logits of the label words' token ids `words`. Training builds it from the command's settings; an
+    ensemble builds each run's from the settings that run recorded."""
     task = settings.task
     gpt = build_gpt2(settings.model)
     apply_strategy(gpt, settings.strategy, train_gpt=task.fine_tune_mode == "full-model")
-    return SentimentClassifier(gpt, SENTIMENT_NUM_LABELS[dataset], task.pooling, task.head_dropout, words)
+    return GPT2Classifier(gpt, SENTIMENT_NUM_LABELS[dataset], task.pooling, task.head_dropout, task.dropout_samples,
+                          words)
 
 
 def task_name(dataset: str) -> str:
@@ -206,10 +188,15 @@ def task_name(dataset: str) -> str:
 
 
 def read_dataset(settings: Settings, dataset: str) -> dict[str, list[SentimentExample]]:
-    """Every split of `dataset`, read before any dataset trains; the training split sampled by --train_limit."""
-    examples = {split: read_sentiment(settings.task.data_file(dataset, split), SENTIMENT_NUM_LABELS[dataset],
-                                      labelled=split != "test-student") for split in SPLITS}
-    examples["train"] = seeded_sample(examples["train"], settings.train.train_limit, settings.train.seed)
+    """Every split of `dataset`, read before any dataset trains; the training split sampled by --train_limit,
+    then the --extra_train rows."""
+    task, num_labels = settings.task, SENTIMENT_NUM_LABELS[dataset]
+    examples = {split: read_sentiment(task.data_file(dataset, split), num_labels, labelled=split != "test-student")
+                for split in SPLITS}
+    extra = read_extra_rows(task.extra_train, lambda path: read_sentiment(path, num_labels),
+                            {f"--data_dir {task.data_file(dataset, split)}": examples[split]
+                             for split in ("dev", "test-student")})
+    examples["train"] = seeded_sample(examples["train"], settings.train.train_limit, settings.train.seed) + extra
     return examples
 
 
@@ -221,11 +208,11 @@ def tokenized(task: ClassifierSettings, dataset: str, split: str, examples: list
     return cached_tokens(tokenize_sentiment, examples, tokenizer, template, max_len, source)
 
 
-def sentence_logits(model: SentimentClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
+def sentence_logits(model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)["logits"]
 
 
-def class_logits(model: SentimentClassifier, data: TokenizedDataset, train: TrainSettings, device: torch.device,
+def class_logits(model: GPT2Classifier, data: TokenizedDataset, train: TrainSettings, device: torch.device,
                  precision: str, desc: str) -> torch.Tensor:
     """The logits of every example of `data`, in order; in batches of four training batches (no gradients)."""
     return predict(model, data.batches(4 * train.batch_size, shuffle=False), device, precision,
@@ -269,8 +256,7 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
         num_layers = model.gpt.config.num_hidden_layers
         train_and_restore_best(
             model, run, train, precision, num_layers, EpochBatches(train_data, train.batch_size, train.seed),
-            loss_fn=lambda batch: F.cross_entropy(sentence_logits(model, batch), batch["labels"],
-                                                  label_smoothing=task.label_smoothing),
+            loss_fn=lambda batch: classification_loss(model, batch, task),
             evaluate=evaluate,
             on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
 
@@ -292,6 +278,7 @@ def plan_dataset_run(settings: Settings, dataset: str, command: list[str], devic
     resolved = replace(settings, task=replace(task, dataset=dataset), train=resolved_training(settings, dataset))
     directory = (settings.run.run_dir or Path("runs") / task.fine_tune_mode) / dataset
     data = {f"--data_dir ({split})": task.data_file(dataset, split) for split in ("train", "dev")}
+    data |= {f"--extra_train ({path})": path for path in task.extra_train}
     return plan_run(resolved, directory, task_name(dataset), data, command, device)
 
 

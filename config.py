@@ -131,10 +131,14 @@ class UserError(ValueError):
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-            aliases: tuple[str, ...] = (), on_resume: str = FIXED) -> Any:
-    """A dataclass field that the scripts expose as the flag `--{name}` (or `flag`, plus `aliases`)."""
+            aliases: tuple[str, ...] = (), on_resume: str = FIXED, changes_results: bool | None = None) -> Any:
+    """A dataclass field that the scripts expose as the flag `--{name}` (or `flag`, plus `aliases`).
+    `changes_results`: whether runs that differ in it are compared as different settings (see
+    training/compare.py); by default those that --resume may change freely do not (paths, speed switches)."""
     return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "aliases": aliases,
-                                            "on_resume": on_resume})
+                                            "on_resume": on_resume,
+                                            "changes_results": on_resume != FREE if changes_results is None
+                                            else changes_results})
 
 
 def flag_of(settings: Any, name: str) -> str:
@@ -147,6 +151,8 @@ def shown(value: Any) -> str:
     """A setting's value as a message shows it."""
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):  # a flag of several values, as typed
+        return " ".join(map(shown, value))
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -11,18 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
 from config import FREE, NO_ID, YES_ID, UserError, require, require_range, setting
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
-from models.gpt2 import GPT2Model
-from modules.losses import language_model_loss
-from modules.pooling import POOLING, Pooler
+from modules.classification import GPT2Classifier
+from modules.pooling import POOLING
 from training.checkpoints import seed_everything
-from training.course_files import PARAPHRASE_HEADER, ParaphraseExample, read_paraphrase, write_predictions
+from training.course_files import (PARAPHRASE_HEADER, ParaphraseExample, read_extra_rows, read_paraphrase,
+                                   write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
@@ -31,9 +29,10 @@ from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
+from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import plan_run, sha256
-from training.settings import (FlagParser, ScriptSettings, require_input_file, require_template, require_writable,
-                               settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.settings import (FlagParser, ScriptSettings, require_extra_train, require_input_file, require_template,
+                               require_writable, settings_from_flags, settings_parser, user_errors_end_in_one_line)
 from training.token_cache import cached_tokens
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
@@ -42,13 +41,14 @@ FULL_QUORA_PAIRS = 283_003  # the course's training set, for the projected epoch
 TASK = "paraphrase"  # as checkpoints and settings.json name it
 # With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
 # its settings.json): the files read and written, and the scoring batch.
-ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS,
-                         "task": ("para_train", "para_dev", "para_test", "para_dev_out", "para_test_out",
-                                  "eval_batch_size")}
+ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS,
+                  "task": ("para_train", "para_dev", "para_test", "para_dev_out", "para_test_out", "eval_batch_size")}
+# An ensemble trains nothing: the runs' --extra_train files are not needed, and the command may not give any.
+ENSEMBLE_FROM_COMMAND = {**ENSEMBLE_FLAGS, "task": (*ENSEMBLE_FLAGS["task"], "extra_train")}
 
 
 @dataclass(frozen=True)
-class ParaphraseSettings:
+class ParaphraseSettings(ClassificationObjective):
     """The task: its files, the prompt, the decision head and the losses."""
     para_train: Path = setting(Path("data/quora-train.csv"), "labelled training pairs", on_resume=FREE)
     para_dev: Path = setting(Path("data/quora-dev.csv"), "labelled dev pairs: pick the best epoch",
@@ -61,32 +61,21 @@ class ParaphraseSettings:
     head: str = setting("cloze", "cloze: yes/no logits of the language-model head; else a linear head on this "
                                  "pooling of the hidden states", choices=("cloze", *POOLING))
     prompt: str = setting(PROMPT, "template with fields {s1} and {s2}")
-    head_dropout: float = setting(0.0, "dropout before the decision")
-    dropout_samples: int = setting(1, "multi-sample dropout: masks per step")
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
-    rdrop: float = setting(0.0, "R-Drop: weight of the symmetric KL between two dropout passes")
-    contrastive: float = setting(0.0, "weight of a SimCSE-style loss: two dropout passes of a pair are "
-                                      "positives, the batch's other pairs negatives")
-    contrastive_temperature: float = setting(0.05, "temperature of the contrastive loss")
-    lm_loss: float = setting(0.0, "GPT-1's auxiliary language-model loss on the prompt, with this weight")
     symmetric: bool = setting(False, "GPT-1's symmetric input: score both sentence orders and average the logits")
     k_shot: int = setting(0, "prepend k answered training pairs to every prompt (with --epochs 0: k-shot)")
+    extra_train: tuple[Path, ...] = setting((), "more labelled training pairs in the course's format, added after "
+                                                "--train_limit's sample")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("para_train", "para_dev", "para_test"):
             require_input_file(self, name)
         for name in ("para_dev_out", "para_test_out"):
             require_writable(self, name)
         require_range(self, "eval_batch_size", 1)
         require_template(self, "prompt", {"s1", "s2"})
-        require_range(self, "head_dropout", 0, 1, high_open=True)
-        require_range(self, "dropout_samples", 1)
-        require(self, "dropout_samples", self.dropout_samples == 1 or self.head_dropout > 0,
-                "needs --head_dropout > 0: the samples differ only by dropout")
-        require_range(self, "label_smoothing", 0, 1, high_open=True)
-        for name in ("rdrop", "contrastive", "lm_loss", "k_shot"):
-            require_range(self, name, 0, note="0 turns it off")
-        require_range(self, "contrastive_temperature", 0, low_open=True)
+        require_range(self, "k_shot", 0, note="0 turns it off")
+        require_extra_train(self)
 
 
 @dataclass(frozen=True)
@@ -97,7 +86,7 @@ class Settings(ScriptSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.run.ensemble:
-            refuse_member_flags(self, ENSEMBLE_FROM_COMMAND)
+            refuse_member_flags(self, ENSEMBLE_FLAGS)
 
 
 def build_parser() -> FlagParser:
@@ -112,42 +101,15 @@ def get_settings(argv: list[str]) -> Settings:
     return settings_from_flags(Settings, build_parser().parse_args(argv))
 
 
-class ParaphraseGPT(nn.Module):
-    """GPT-2 and a two-way decision: the next-token logits of "no" and "yes" after the prompt (cloze),
-    or a linear head on pooled states. With `dropout_samples` > 1 the head averages the logits of
-    several dropout masks (multi-sample dropout)."""
-
-    def __init__(self, gpt: GPT2Model, head: str, head_dropout: float, dropout_samples: int):
-        super().__init__()
-        self.gpt = gpt
-        self.cloze = head == "cloze"
-        if not self.cloze:
-            self.pooler = Pooler(gpt.config.hidden_size, head)
-            self.classifier = nn.Linear(gpt.config.hidden_size, 2)
-        self.register_buffer("no_yes", torch.tensor(NO_YES), persistent=False)
-        self.dropout = nn.Dropout(head_dropout)
-        self.dropout_samples = dropout_samples
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                padding: str | None = None) -> dict[str, torch.Tensor]:
-        out = self.gpt(input_ids, attention_mask, padding=padding)
-        pooled = out["last_token"] if self.cloze else self.pooler(out["last_hidden_state"], attention_mask,
-                                                                  out["last_token"])
-        samples = self.dropout_samples if self.training else 1
-        logits = torch.stack([self.decide(self.dropout(pooled)) for _ in range(samples)]).mean(0)
-        return {"logits": logits, "pooled": pooled, "hidden": out["last_hidden_state"]}
-
-    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.gpt.token_logits(pooled, self.no_yes) if self.cloze else self.classifier(pooled)
-
-
-def build_model(settings: Settings) -> ParaphraseGPT:
-    """The model that `settings` describe: GPT-2, the fine-tuning strategy and the decision. Training builds it
-    from the command's settings; an ensemble builds each run's from the settings that run recorded."""
-    task = settings.task
+def build_model(settings: Settings) -> GPT2Classifier:
+    """The model that `settings` describe: GPT-2, the fine-tuning strategy and the decision, between the
+    logits of "no" and "yes" (cloze) or by a linear head on pooled states. Training builds it from the
+    command's settings; an ensemble builds each run's from the settings that run recorded."""
+    task, cloze = settings.task, settings.task.head == "cloze"
     gpt = build_gpt2(settings.model)
     apply_strategy(gpt, settings.strategy)
-    return ParaphraseGPT(gpt, task.head, task.head_dropout, task.dropout_samples)
+    return GPT2Classifier(gpt, 2, "last" if cloze else task.head, task.head_dropout, task.dropout_samples,
+                          NO_YES if cloze else None)
 
 
 def prompt_template(task: ParaphraseSettings, train_examples: list[ParaphraseExample], seed: int) -> str:
@@ -163,39 +125,14 @@ def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
     return "".join(answered).replace("{", "{{").replace("}", "}}")
 
 
-def paraphrase_loss(model: ParaphraseGPT, batch: dict[str, torch.Tensor], task: ParaphraseSettings) -> torch.Tensor:
-    """Cross-entropy on the decision, plus whichever auxiliary losses the settings turn on."""
-    first = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
-    logits = combine_orders(first["logits"], task.symmetric)
-    loss = F.cross_entropy(logits, batch["labels"], label_smoothing=task.label_smoothing)
-    if task.rdrop or task.contrastive:
-        second = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
-        if task.rdrop:
-            other = combine_orders(second["logits"], task.symmetric)
-            loss = (loss + F.cross_entropy(other, batch["labels"], label_smoothing=task.label_smoothing)) / 2
-            loss = loss + task.rdrop * symmetric_kl(logits, other)
-        if task.contrastive:
-            loss = loss + task.contrastive * info_nce(first["pooled"], second["pooled"], task.contrastive_temperature)
-    if task.lm_loss:
-        logits_all = model.gpt.hidden_state_to_token(first["hidden"])
-        loss = loss + task.lm_loss * language_model_loss(logits_all, batch["input_ids"], batch["attention_mask"])
-    return loss
+def paraphrase_loss(model: GPT2Classifier, batch: dict[str, torch.Tensor], task: ParaphraseSettings) -> torch.Tensor:
+    """The classification objective, on the logits of each pair (both orders averaged with --symmetric)."""
+    return classification_loss(model, batch, task, lambda logits: combine_orders(logits, task.symmetric))
 
 
 def combine_orders(logits: torch.Tensor, symmetric: bool) -> torch.Tensor:
     """With symmetric input a batch holds both orders of each pair: average their logits."""
     return logits.view(2, -1, logits.size(-1)).mean(0) if symmetric else logits
-
-
-def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    p, q = first.float().log_softmax(-1), second.float().log_softmax(-1)
-    return (F.kl_div(p, q, log_target=True, reduction="batchmean")
-            + F.kl_div(q, p, log_target=True, reduction="batchmean")) / 2
-
-
-def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
-    similarity = F.normalize(first.float(), dim=-1) @ F.normalize(second.float(), dim=-1).T / temperature
-    return F.cross_entropy(similarity, torch.arange(len(first), device=first.device))
 
 
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
@@ -209,7 +146,7 @@ def tokenized(task: ParaphraseSettings, examples: list[ParaphraseExample], path:
     return cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
 
 
-def pair_logits(model: ParaphraseGPT, data: TokenizedDataset, task: ParaphraseSettings, device: torch.device,
+def pair_logits(model: GPT2Classifier, data: TokenizedDataset, task: ParaphraseSettings, device: torch.device,
                 precision: str, desc: str) -> torch.Tensor:
     """The [no, yes] logits of every pair of `data`, in order (with --symmetric, averaged over both orders)."""
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -243,21 +180,24 @@ def main(argv: list[str]) -> None:
         require(task, "k_shot", task.k_shot <= len(train_examples),
                 f"more than the {len(train_examples)} pairs of --para_train")
         examples = {"dev": read_paraphrase(task.para_dev), "test": read_paraphrase(task.para_test, labelled=False)}
+        extra = read_extra_rows(task.extra_train, read_paraphrase, {f"--para_dev {task.para_dev}": examples["dev"],
+                                                                    f"--para_test {task.para_test}": examples["test"]})
         device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
         if members:
             run_ensemble(settings, members, train_examples, examples, device, ["paraphrase_detection.py", *argv])
             return
         run = None
         if train.epochs > 0:
-            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", TASK,
-                           {"--para_train": task.para_train, "--para_dev": task.para_dev},
+            data = {"--para_train": task.para_train, "--para_dev": task.para_dev,
+                    **{f"--extra_train ({path})": path for path in task.extra_train}}
+            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", TASK, data,
                            ["paraphrase_detection.py", *argv], device)
         seed_everything(train.seed)
         tokenizer = tokenizer_for(settings.model)
         model = build_model(settings).to(device)
         max_len = model.gpt.config.max_position_embeddings
         template = prompt_template(task, train_examples, train.seed)
-        train_examples = seeded_sample(train_examples, train.train_limit, train.seed)
+        train_examples = seeded_sample(train_examples, train.train_limit, train.seed) + extra
         train_data, dev, test = (tokenized(task, pairs, path, tokenizer, template, max_len) for pairs, path in (
             (train_examples, task.para_train), (examples["dev"], task.para_dev), (examples["test"], task.para_test)))
         print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")

@@ -53,8 +53,8 @@ class SonnetSettings:
                                        "tokens")
     decoding: str = setting("sample", "mbr: pick among --mbr_samples samples by chrF; pool: greedy, beam, "
                                       "contrastive and the samples together, picked the same way",
-                            choices=DECODINGS, on_resume=FREE)
-    mbr_samples: int = setting(8, "samples for --decoding mbr and pool", on_resume=FREE)
+                            choices=DECODINGS, on_resume=FREE, changes_results=True)
+    mbr_samples: int = setting(8, "samples for --decoding mbr and pool", on_resume=FREE, changes_results=True)
 
     def __post_init__(self) -> None:
         for name in ("sonnet_path", "held_out_dev_path", "gold_dev_path", "held_out_path"):

@@ -1,4 +1,4 @@
-"""Language-model losses over padded, right-aligned batches."""
+"""Losses: language-model losses over padded, right-aligned batches, and the regularisers of classification."""
 import torch
 import torch.nn.functional as F
 
@@ -30,3 +30,16 @@ def unlikelihood_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_m
                   & real[:, None, :] & attention_mask[:, 1:].bool()[:, :, None])
     penalty = -torch.log1p(-candidate_probs.clamp(max=1 - 1e-6)) * candidates
     return penalty.sum() / attention_mask[:, 1:].sum().clamp(min=1)
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """R-Drop's symmetric KL divergence between the class distributions of two dropout passes."""
+    p, q = first.float().log_softmax(-1), second.float().log_softmax(-1)
+    return (F.kl_div(p, q, log_target=True, reduction="batchmean")
+            + F.kl_div(q, p, log_target=True, reduction="batchmean")) / 2
+
+
+def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCSE's contrastive loss: row i of `first` should be most similar (cosine) to row i of `second`."""
+    similarity = F.normalize(first.float(), dim=-1) @ F.normalize(second.float(), dim=-1).T / temperature
+    return F.cross_entropy(similarity, torch.arange(len(first), device=first.device))

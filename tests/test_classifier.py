@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import classifier
 import evaluation
 from models.gpt2 import GPT2Model
+from modules.classification import GPT2Classifier
 from modules.lora import LoRALinear, merge_lora
 from training.course_files import current_umask, read_predictions, read_sentiment
 from training.model_setup import apply_strategy
@@ -41,12 +42,12 @@ def sst_batch(count: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 
-def classifier_model(checkpoint: Path, mode: str = "full-model", **strategy) -> classifier.SentimentClassifier:
+def classifier_model(checkpoint: Path, mode: str = "full-model", **strategy) -> GPT2Classifier:
     torch.manual_seed(0)
     gpt = GPT2Model.from_pretrained(checkpoint)
     apply_strategy(gpt, StrategySettings(**{"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, **strategy}),
                    train_gpt=mode == "full-model")
-    return classifier.SentimentClassifier(gpt, 5, "last", 0.0)
+    return GPT2Classifier(gpt, 5, "last", 0.0)
 
 
 def train_steps(model, steps: int, lr: float = 1e-3) -> list[float]:
@@ -54,7 +55,7 @@ def train_steps(model, steps: int, lr: float = 1e-3) -> list[float]:
     optimizer = make_optimizer(model, lr, 0.01, model.gpt.config.num_hidden_layers)
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(model(input_ids, mask), labels)
+        loss = F.cross_entropy(model(input_ids, mask)["logits"], labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -87,9 +88,9 @@ def test_lora_trains_only_lora_and_head_and_merging_keeps_the_logits(tiny_checkp
     model.eval()
     input_ids, mask, _ = sst_batch(8)
     with torch.no_grad():
-        before = model(input_ids, mask)
+        before = model(input_ids, mask)["logits"]
         merge_lora(model.gpt)
-        after = model(input_ids, mask)
+        after = model(input_ids, mask)["logits"]
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
@@ -196,8 +197,8 @@ def test_zero_shot_cloze_writes_predictions(monkeypatch, tmp_path, tiny_checkpoi
 def test_cloze_logits_are_the_label_words_of_the_language_model_head(tiny_checkpoint):
     gpt = GPT2Model.from_pretrained(tiny_checkpoint[0]).eval()
     words = [7818, 2089, 8788, 922, 1049]
-    model = classifier.SentimentClassifier(gpt, 5, "last", 0.0, words)
+    model = GPT2Classifier(gpt, 5, "last", 0.0, label_token_ids=words)
     input_ids, mask, _ = sst_batch(4)
     with torch.no_grad():
         full = gpt.hidden_state_to_token(gpt(input_ids, mask)["last_token"])
-        torch.testing.assert_close(model(input_ids, mask), full[:, words], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(input_ids, mask)["logits"], full[:, words], atol=1e-5, rtol=0)

@@ -9,6 +9,7 @@ import paraphrase_detection as para
 from datasets import tokenize_paraphrase
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
+from modules.classification import GPT2Classifier
 from training.course_files import PARAPHRASE_HEADER, ParaphraseExample, read_paraphrase, read_predictions, write_predictions
 from training.optimization import make_optimizer
 
@@ -22,9 +23,11 @@ def quora_batch(count: int, symmetric: bool = False) -> dict[str, torch.Tensor]:
 
 
 def paraphrase_model(checkpoint: Path, head: str = "cloze", head_dropout: float = 0.0,
-                     samples: int = 1) -> para.ParaphraseGPT:
+                     samples: int = 1) -> GPT2Classifier:
     torch.manual_seed(0)
-    return para.ParaphraseGPT(GPT2Model.from_pretrained(checkpoint), head, head_dropout, samples)
+    cloze = head == "cloze"
+    return GPT2Classifier(GPT2Model.from_pretrained(checkpoint), 2, "last" if cloze else head, head_dropout, samples,
+                          para.NO_YES if cloze else None)
 
 
 def test_overfits_64_training_pairs(tiny_checkpoint):

@@ -14,6 +14,9 @@
     course_files   every reader and writer of the course's files
     metrics        classification and sonnet metrics
     hand_in        is a predictions folder complete and correct for handing in?
+    ensemble       an ensemble's runs, rebuilt from their records, and its vote
+    compare        finished runs grouped over seeds: the comparison table and dev curves
+    sweep          sweeps and Optuna searches over the task scripts
 
 Nothing is imported here, so `evaluation.py` and `prepare_submit.py` can use `course_files`, `metrics` and
 `hand_in` without loading torch.

@@ -1,5 +1,5 @@
 """Comparing finished runs. Runs of one task whose settings differ only in the seed, or in settings that do not
-change what a run learns (those `--resume` lets change freely: output paths, speed switches, ...), form a
+change a run's results (output paths, speed switches, ...: `config.setting`'s `changes_results`), form a
 group; each group's best dev metrics are the mean and standard deviation over its seeds. The comparison is a
 Markdown table, a CSV file and a picture of the dev curves; `python experiments.py compare` shows it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from config import FREE, UserError, flag_of, setting, shown
+from config import UserError, flag_of, setting, shown
 from training.course_files import write_atomically
 from training.run_dir import SETTINGS_FILE, RunResult, jsonable, read_record
 from training.run_log import read_records, save_figure
@@ -113,14 +113,14 @@ def script_settings(directory: Path, record: dict[str, Any]) -> type[ScriptSetti
 
 
 def learning_settings(directory: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """The recorded settings that may change what a run learns, by flag: all but the seed and those `--resume`
-    may change freely, each as recorded (or its default, if the run was recorded before it existed); and
-    the SHA-256 of each data file, so runs on other data are not averaged together."""
+    """The recorded settings that may change a run's results, by flag: all but the seed and those that do not
+    (`config.setting`'s `changes_results`), each as recorded (or its default, if the run was recorded before
+    it existed); and the SHA-256 of each data file, so runs on other data are not averaged together."""
     settings = {}
     for group in fields(script_settings(directory, record)):
         recorded = record["settings"].get(group.name, {})
         for spec in fields(group.type):
-            if spec.metadata.get("on_resume") != FREE and (group.name, spec.name) != SEED:
+            if spec.metadata.get("changes_results", True) and (group.name, spec.name) != SEED:
                 settings[flag_of(group.type, spec.name)] = recorded.get(spec.name, jsonable(spec.default))
     for flag, data in record["data"].items():
         settings[flag] = f"sha256 {data['sha256'][:12]}"

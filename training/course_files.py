@@ -28,9 +28,10 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from config import NO_ID, YES_ID, UserError
 
@@ -223,6 +224,26 @@ def read_paraphrase(path: str | Path, labelled: bool = True) -> list[ParaphraseE
     if not examples:
         raise UserError(f"{path} has no labelled rows")
     return examples
+
+
+def read_extra_rows(extra_files: Sequence[Path], read: Callable[[Path], list[Any]],
+                    held_out: dict[str, list[Any]]) -> list[Any]:
+    """Every row of each of `extra_files` (`--extra_train`), read by `read` with the course files' rules and
+    errors; how many rows each file adds is printed. A row whose id is also an id of a held-out file
+    (`held_out`: its examples, by how a message names the file) is refused: training on it would leak that
+    example's answer."""
+    held_out_ids = {name: {example.id for example in rows} for name, rows in held_out.items()}
+    added = []
+    for path in extra_files:
+        rows = read(path)
+        for name, ids in held_out_ids.items():
+            leaked = [example.id for example in rows if example.id in ids]
+            if leaked:
+                raise UserError(f"--extra_train {path}: {len(leaked)} id(s) are also in {name} ({some_of(leaked)}): "
+                                "training on them would leak their answers")
+        print(f"--extra_train {path}: {len(rows):,} rows added to the training rows")
+        added += rows
+    return added
 
 
 def read_id(row: Row, where: str, first_seen: dict[str, int]) -> str:

@@ -109,6 +109,13 @@ def require_input_file(settings: Any, name: str) -> None:
     require(settings, name, path.is_file(), "no such file (bash setup.sh copies the course data into data/)")
 
 
+def require_extra_train(settings: Any) -> None:
+    """Every --extra_train file (a task's extra labelled training rows) is there."""
+    for path in settings.extra_train:
+        if not path.is_file():
+            raise UserError(f"--extra_train {path}: no such file")
+
+
 def require_writable(settings: Any, name: str, directory: bool = False) -> None:
     """An output file (or `directory`) can be written: nothing of the other kind stands in its place, and the
     nearest folder that exists is writable (files are written beside their target first, then renamed)."""
@@ -132,7 +139,8 @@ class ModelSettings:
     model_size: str = setting("gpt2", "published GPT-2 to load from the Hugging Face hub (or the shape with "
                                       "--init random)", choices=tuple(PRESETS))
     model_path: Path | None = setting(None, "local Hugging Face GPT-2 checkpoint directory (config.json + "
-                                            "model.safetensors); replaces --model_size", on_resume=FREE)
+                                            "model.safetensors); replaces --model_size", on_resume=FREE,
+                                      changes_results=True)
     init: str = setting("pretrained", "random: GPT-2's initialisation, no pre-training",
                         choices=("pretrained", "random"))
     keep_layers: int = setting(0, "keep only the bottom K GPT-2 layers (and the final LayerNorm), as in GPT-1's "
