@@ -27,7 +27,8 @@ from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, 
 from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
-from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
+from training.model_setup import (apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for,
+                                  ulmfit_schedule)
 from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import Run, plan_run
 from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_extra_train, require_template,
@@ -148,10 +149,7 @@ def resolved_training(settings: Settings, dataset: str) -> TrainSettings:
         given_batch = None
     train = replace(train, lr=train.lr or DEFAULTS["lr"][settings.task.fine_tune_mode],
                     batch_size=given_batch or DEFAULTS["batch_size"][dataset])
-    if settings.strategy.ulmfit:
-        train = replace(train, layer_lr_decay=1 / 2.6 if train.layer_lr_decay == 1.0 else train.layer_lr_decay,
-                        scheduler="slanted_triangular", warmup_ratio=train.warmup_ratio or 0.1)
-    return train
+    return ulmfit_schedule(train) if settings.strategy.ulmfit else train
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, dataset: str) -> list[int]:

@@ -6,7 +6,7 @@ language-model head; train, keep the best dev epoch, write the course's predicti
 import json
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, 
 from training.inference import predict
 from training.loop import train_and_restore_best
 from training.metrics import classification_metrics
-from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
+from training.model_setup import (apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for,
+                                  ulmfit_schedule)
 from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import plan_run, sha256
 from training.settings import (FlagParser, ScriptSettings, require_extra_train, require_input_file, require_template,
@@ -91,7 +92,7 @@ class Settings(ScriptSettings):
 
 def build_parser() -> FlagParser:
     return settings_parser(Settings, "paraphrase_detection.py", __doc__, {
-        "strategy": {"skip": ("prefix_length", "ulmfit")},
+        "strategy": {"skip": ("prefix_length",)},
         "run": {"helps": {"run_dir": "the run's directory (default: runs/paraphrase)"}},
     })
 
@@ -174,6 +175,8 @@ def write_and_grade(task: ParaphraseSettings, ids: dict[str, list[str]],
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("paraphrase_detection.py"):
         settings = get_settings(argv)
+        if settings.strategy.ulmfit:
+            settings = replace(settings, train=ulmfit_schedule(settings.train))
         task, train = settings.task, settings.train
         members = ensemble_members(settings) if settings.run.ensemble else []
         train_examples = read_paraphrase(task.para_train)
@@ -209,8 +212,10 @@ def main(argv: list[str]) -> None:
         if run is not None:
             batches = EpochBatches(train_data, train.batch_size, train.seed)
             padding = padding_fraction(batches(0))
-            log = train_and_restore_best(model, run, train, precision, model.gpt.config.num_hidden_layers, batches,
-                                         lambda batch: paraphrase_loss(model, batch, task), evaluate)
+            num_layers = model.gpt.config.num_hidden_layers
+            log = train_and_restore_best(
+                model, run, train, precision, num_layers, batches, lambda batch: paraphrase_loss(model, batch, task),
+                evaluate, on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
             report_speed(log.records, train_data, padding)
         labels = {split: pair_logits(model, data, task, device, precision, path.name).argmax(-1).tolist()
                   for split, data, path in (("dev", dev, task.para_dev_out), ("test", test, task.para_test_out))}

@@ -152,16 +152,11 @@ class SonnetWriter:
         candidates = self.candidates(input_ids, mask, max_lines, min(room, self.decoding.max_new_tokens))
         sonnets = {}
         for row, (number, lines) in enumerate(prompts.items()):
-            texts = [self.tokenizer.decode(self.until_end_of_text(tokens[row])) for tokens in candidates]
+            texts = [self.tokenizer.decode(tokens[row]) for tokens in candidates]  # each ends before <|endoftext|>
             best = texts[mbr_select(texts)] if len(texts) > 1 else texts[0]
             generated = [line.rstrip() for line in best.split("\n") if line.strip()]
             sonnets[number] = lines + generated[:SONNET_LINES - len(lines)]
         return sonnets
-
-    def until_end_of_text(self, tokens: list[int]) -> list[int]:
-        """A fine-tuned model ends a sonnet with <|endoftext|>, as in training; nothing after it counts."""
-        eos = self.tokenizer.eos_token_id
-        return tokens[:tokens.index(eos)] if eos in tokens else tokens
 
     def candidates(self, input_ids: torch.Tensor, mask: torch.Tensor, max_lines: int,
                    max_new_tokens: int) -> list[list[list[int]]]:

@@ -1,5 +1,6 @@
 """Batched decoding over left-padded prompts with the key/value cache: greedy, sampling, beam and
-contrastive search, with repetition and line-length controls.
+contrastive search, with repetition and line-length controls. Every strategy ends a row at <|endoftext|>, as
+transformers' `generate` does; the results leave that token out.
 
 The per-token loops keep their work on the device: they read nothing back to the host per token (the host
 looks whether every row has stopped only every CHECK_EVERY tokens), and they build no tensor from Python data."""
@@ -14,34 +15,47 @@ from models.gpt2 import GPT2Model
 from modules.attention import KVCache
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
-PAD_ID = END_OF_TEXT_ID  # fills the rows that have stopped
+CONTRASTIVE_PENALTIES = ("max", "mean")
+# Fills the rows that have stopped; being <|endoftext|>, it also ends a row stopped at --max_lines in the results.
+PAD_ID = END_OF_TEXT_ID
 CHECK_EVERY = 16  # tokens between the host's looks at whether every row has stopped: each look waits for the device
 NUCLEUS_HEAD = 256  # on the CPU top-p first looks at this many likeliest tokens, and sorts only rows they don't settle
+
+
+def decoding_flag(default: object, help: str, **options: object) -> object:
+    """A decoding flag: it never changes training, so `--resume` accepts new values, but it changes the text
+    generated, so runs that differ in it are compared apart."""
+    return setting(default, help, on_resume=FREE, changes_results=True, **options)
 
 
 @dataclass(frozen=True)
 class DecodingConfig:
     """How each new token is chosen, and when generation stops. The fields are also the decoding flags of
-    sonnet_generation.py; changing them never changes training, so `--resume` accepts new values."""
-    strategy: str = setting("greedy", "decoding strategy", choices=STRATEGIES, on_resume=FREE)
-    temperature: float = setting(1.0, "divides the logits before sampling", on_resume=FREE)
-    top_k: int = setting(0, "sample from the k likeliest tokens; 0: no top-k filter", on_resume=FREE)
-    top_p: float = setting(1.0, "sample from the smallest set of tokens whose probability reaches p",
-                           on_resume=FREE)
-    repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already in the prompt or output; "
-                                             "1: off", on_resume=FREE)
-    no_repeat_ngram: int = setting(0, "forbid repeating any n-gram of this size; 0: off", on_resume=FREE)
-    num_beams: int = setting(4, "beams of beam search", on_resume=FREE)
-    length_penalty: float = setting(1.0, "beam score = sum of log-probabilities / length ** this",
-                                    on_resume=FREE)
-    contrastive_alpha: float = setting(0.6, "contrastive search: weight of the degeneration penalty",
-                                       on_resume=FREE)
-    contrastive_k: int = setting(4, "contrastive search: candidates per step", on_resume=FREE)
-    max_new_tokens: int = setting(128, "most tokens generated per prompt", on_resume=FREE)
-    max_lines: int = setting(0, "stop a row right after its max_lines-th line break; 0: off", on_resume=FREE)
-    line_end_nudge: float = setting(0.0, "logit bonus for punctuation and line breaks once a line has "
-                                         "--line_length tokens", on_resume=FREE)
-    line_length: int = setting(12, "tokens in a line before --line_end_nudge applies", on_resume=FREE)
+    sonnet_generation.py (`decoding_flag`)."""
+    strategy: str = decoding_flag("greedy", "decoding strategy", choices=STRATEGIES)
+    temperature: float = decoding_flag(1.0, "divides the logits before sampling")
+    top_k: int = decoding_flag(0, "sample from the k likeliest tokens; 0: no top-k filter")
+    top_p: float = decoding_flag(1.0, "sample from the smallest set of tokens whose probability reaches p")
+    repetition_penalty: float = decoding_flag(1.0, "CTRL-style penalty on tokens already in the prompt or output; "
+                                                   "1: off")
+    no_repeat_ngram: int = decoding_flag(0, "forbid repeating any n-gram of this size; 0: off")
+    num_beams: int = decoding_flag(4, "beams of beam search")
+    length_penalty: float = decoding_flag(1.0, "beam score = sum of log-probabilities / length ** this; the length "
+                                               "counts the <|endoftext|> that ends a hypothesis, as in transformers")
+    contrastive_alpha: float = decoding_flag(0.6, "contrastive search: weight of the degeneration penalty (at the "
+                                                  "first new token, with --contrastive_alpha_end)")
+    contrastive_alpha_end: float | None = decoding_flag(
+        None, "contrastive search: the penalty's weight goes in a straight line from --contrastive_alpha at the "
+              "first new token to this at the --max_new_tokens-th (default: constant --contrastive_alpha)")
+    contrastive_penalty: str = decoding_flag("max", "contrastive search: a candidate's degeneration penalty is the "
+                                                    "max or the mean of its cosine similarities to the row's earlier "
+                                                    "tokens", choices=CONTRASTIVE_PENALTIES)
+    contrastive_k: int = decoding_flag(4, "contrastive search: candidates per step")
+    max_new_tokens: int = decoding_flag(128, "most tokens generated per prompt")
+    max_lines: int = decoding_flag(0, "stop a row right after its max_lines-th line break; 0: off")
+    line_end_nudge: float = decoding_flag(0.0, "logit bonus for punctuation and line breaks once a line has "
+                                               "--line_length tokens")
+    line_length: int = decoding_flag(12, "tokens in a line before --line_end_nudge applies")
 
     def __post_init__(self) -> None:
         require(self, "strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}")
@@ -49,19 +63,31 @@ class DecodingConfig:
         require_range(self, "top_p", 0, 1, low_open=True)
         require_range(self, "repetition_penalty", 0, low_open=True)
         require_range(self, "length_penalty")
+        require(self, "contrastive_penalty", self.contrastive_penalty in CONTRASTIVE_PENALTIES,
+                f"must be one of {', '.join(CONTRASTIVE_PENALTIES)}")
         require_range(self, "contrastive_alpha", 0, 1)
+        require_range(self, "contrastive_alpha_end", 0, 1)
         require_range(self, "line_end_nudge", 0)
         for name in ("top_k", "no_repeat_ngram", "max_lines"):
             require_range(self, name, 0)
         for name in ("num_beams", "contrastive_k", "max_new_tokens", "line_length"):
             require_range(self, name, 1)
 
+    def contrastive_alpha_at(self, step: int) -> float:
+        """The weight of contrastive search's degeneration penalty at new token `step` (counted from 0). A weight
+        that grows lets the first tokens follow the model and pushes later ones harder away from repeating."""
+        if self.contrastive_alpha_end is None or self.max_new_tokens == 1:
+            return self.contrastive_alpha
+        growth = (self.contrastive_alpha_end - self.contrastive_alpha) / (self.max_new_tokens - 1)
+        return self.contrastive_alpha + growth * step
+
 
 @torch.no_grad()
 def greedy_decode(model: GPT2Model, input_ids: torch.Tensor, max_new_tokens: int,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Append `max_new_tokens` argmax tokens to each prompt (prompts of unequal length are left-padded).
-    With the cache each step feeds only the newest token; without it every step recomputes the prefix."""
+    """Append `max_new_tokens` argmax tokens to each prompt (prompts of unequal length are left-padded), going on
+    past <|endoftext|>: a fixed length, to check and time the cache. With the cache each step feeds only the newest
+    token; without it every step recomputes the prefix."""
     cache = model.new_cache(input_ids.size(1) + max_new_tokens) if use_cache else None
     tokens, step_input, padding = input_ids, input_ids, padding_of(attention_mask)
     for _ in range(max_new_tokens):
@@ -79,29 +105,35 @@ def generate(model: GPT2Model, input_ids: torch.Tensor, attention_mask: torch.Te
              config: DecodingConfig, generator: torch.Generator | None = None,
              line_break_ids: list[int] | tuple[int, ...] = (),
              line_end_ids: list[int] | tuple[int, ...] = ()) -> list[list[int]]:
-    """New tokens for each left-padded prompt, without the prompt, ending right after the stopping line
-    break when `config.max_lines` stopped the row. `generator` makes sampling reproducible."""
+    """New tokens for each left-padded prompt, without the prompt: up to the <|endoftext|> that ended the row
+    (left out), or through the line break that stopped it at `config.max_lines`. `generator` makes sampling
+    reproducible."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     decoder = Decoder(model, config, list(line_break_ids), list(line_end_ids), input_ids, attention_mask)
     if config.strategy == "beam":
-        return decoder.beam_search(input_ids, attention_mask)
-    if config.strategy == "contrastive":
+        generated = decoder.beam_search(input_ids, attention_mask)
+    elif config.strategy == "contrastive":
         generated = decoder.contrastive_search(input_ids, attention_mask)
     else:
         generated = decoder.sample(input_ids, attention_mask, generator)
-    return [decoder.cut_at_last_line(row) for row in generated.tolist()]
+    return [until_end_of_text(row) for row in generated.tolist()]
+
+
+def until_end_of_text(generated: list[int]) -> list[int]:
+    """A row's tokens before its first <|endoftext|>: the one it ended with, or the padding after its last line."""
+    return generated[:generated.index(END_OF_TEXT_ID)] if END_OF_TEXT_ID in generated else generated
 
 
 class Decoder:
     """The decoding loops of one `generate` call. Each loop writes its tokens into a `[R, prompt + new]` buffer,
-    one column a step, and shows the model and the controls the filled columns."""
+    one column a step, and shows the model and the controls the filled columns; each returns the `[B, new]` new
+    tokens, a row padded after its end."""
 
     def __init__(self, model: GPT2Model, config: DecodingConfig, line_break_ids: list[int],
                  line_end_ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.model, self.config, self.prompt_len = model, config, input_ids.size(1)
         self.padding = padding_of(attention_mask)
-        self.line_break_ids = frozenset(line_break_ids)
         self.max_len = self.prompt_len + config.max_new_tokens
         vocab_size, device = model.config.vocab_size, input_ids.device
         # Built once on the device: a tensor made from Python data inside a loop is a copy from the host each step.
@@ -116,7 +148,7 @@ class Decoder:
 
     def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                generator: torch.Generator | None) -> torch.Tensor:
-        """Greedy or sampled decoding; returns the `[B, generated]` new tokens, stopped rows padded."""
+        """Greedy or sampled decoding."""
         generator = None if self.config.strategy == "greedy" else generator_of(generator, input_ids.device)
         tokens, mask = self.buffers(input_ids, attention_mask)
         cache = self.model.new_cache(self.max_len)
@@ -129,7 +161,7 @@ class Decoder:
             logits = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines)
             next_token = self.choose(logits, generator).masked_fill(done, PAD_ID)
             done = self.record(tokens, end, next_token, lines, done)
-            if self.config.max_lines and early_stop(step, done):
+            if early_stop(step, done):
                 break
             if step + 1 < self.config.max_new_tokens:
                 hidden = self.feed(next_token[:, None], mask[:, :end + 1], cache)
@@ -137,11 +169,11 @@ class Decoder:
 
     def contrastive_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Su et al. (2022): among the k likeliest tokens choose the one maximising
-        (1 - alpha) * p - alpha * (max cosine similarity of its hidden state to the row's earlier ones).
-        The cache holds k copies of every row so one batched step scores all k candidates. The copies agree
-        on every position but the newest, where each holds its own candidate: only that position is copied
-        from the chosen candidate to the others."""
-        k, alpha = self.config.contrastive_k, self.config.contrastive_alpha
+        (1 - alpha) * p - alpha * (the max, or mean, cosine similarity of its hidden state to the row's earlier
+        ones), alpha taken at the step (`DecodingConfig.contrastive_alpha_at`). The cache holds k copies of every
+        row so one batched step scores all k candidates. The copies agree on every position but the newest, where
+        each holds its own candidate: only that position is copied from the chosen candidate to the others."""
+        k = self.config.contrastive_k
         batch, device = input_ids.size(0), input_ids.device
         tokens, mask = self.buffers(input_ids, attention_mask)
         candidate_mask = mask.repeat_interleave(k, 0)
@@ -159,28 +191,33 @@ class Decoder:
             probs = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines).softmax(dim=-1)
             top_probs, top_ids = probs.topk(k, dim=-1)
             candidates = self.feed(top_ids.reshape(-1, 1), candidate_mask[:, :end + 1], cache).view(batch, k, -1)
-            degeneration = max_cosine_similarity(candidates, history, mask[:, :end].bool())
+            degeneration = degeneration_penalty(candidates, history, mask[:, :end].bool(),
+                                                self.config.contrastive_penalty)
+            alpha = self.config.contrastive_alpha_at(step)  # a Python number: no copy to the device
             best = ((1 - alpha) * top_probs - alpha * degeneration).argmax(dim=-1)
             agreed = copy_cache_rows(cache, (rows * k + best).repeat_interleave(k), agreed)
             hidden = candidates[rows, best]
             history = torch.cat([history, hidden[:, None]], dim=1)
             next_token = top_ids[rows, best].masked_fill(done, PAD_ID)
             done = self.record(tokens, end, next_token, lines, done)
-            if self.config.max_lines and early_stop(step, done):
+            if early_stop(step, done):
                 break
         return tokens[:, self.prompt_len:end + 1]
 
     def record(self, tokens: torch.Tensor, end: int, next_token: torch.Tensor, lines: "LineState",
                done: torch.Tensor) -> torch.Tensor:
-        """Write the step's tokens into column `end`; the rows done after it (those at --max_lines)."""
+        """Write the step's tokens into column `end`; the rows done after it: those that have emitted
+        <|endoftext|> (their padding is that token too) or their --max_lines-th line break."""
         tokens[:, end] = next_token
         lines.advance(next_token)
-        return lines.count >= self.config.max_lines if self.config.max_lines else done
+        done = done | (next_token == END_OF_TEXT_ID)
+        return done | (lines.count >= self.config.max_lines) if self.config.max_lines else done
 
-    def beam_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+    def beam_search(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Beam search over `B * num_beams` rows (prompt b owns rows b*K .. b*K+K-1) sharing one cache, all
-        prompts at once. A hypothesis ends at its max_lines-th line break or at max_new_tokens; the best by
-        sum of log-probabilities / length ** length_penalty is returned for each prompt."""
+        prompts at once, as transformers' with early_stopping=False. A hypothesis ends at <|endoftext|>, at its
+        max_lines-th line break or at max_new_tokens; the best by sum of log-probabilities (the ending token's
+        included) / length ** length_penalty is returned for each prompt."""
         beams, batch, device = self.config.num_beams, input_ids.size(0), input_ids.device
         input_ids, attention_mask = input_ids.repeat_interleave(beams, 0), attention_mask.repeat_interleave(beams, 0)
         tokens, mask = self.buffers(input_ids, attention_mask)
@@ -222,26 +259,28 @@ class Decoder:
         # Beams still open when the token budget ran out are hypotheses too.
         finished.add(torch.where(searching[:, None], scores.double(), float("-inf")), step + 1,
                      lambda pick: tokens[own_rows.gather(1, pick).squeeze(1), self.prompt_len:end + 1])
-        return finished.best()
+        return finished.best_tokens
 
     # --- beam bookkeeping ---
 
     def split_candidates(self, top_scores: torch.Tensor, rows: torch.Tensor, next_tokens: torch.Tensor,
                         lines: "LineState", searching: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Of each prompt's candidates, best first, `[B, 2K]` masks: those that end a hypothesis and those kept
-        as the next beams. Candidates count while fewer than K are kept: the rest are neither. A prompt no
-        longer searching, and a candidate at score -inf, have neither."""
+        """Of each prompt's 2K candidates, best first, `[B, 2K]` masks: those that finish a hypothesis, and the
+        K best of those that don't, kept as the next beams. As in transformers, only the K best candidates may
+        finish one: an ending candidate below them is dropped. A prompt no longer searching, and a candidate at
+        score -inf, have neither."""
         candidate = (top_scores > float("-inf")) & searching[:, None]
         ends = candidate & self.ends_row(next_tokens, lines.count[rows])
         continues = candidate & ~ends
-        counted = continues.cumsum(dim=1) - continues.long() < self.config.num_beams
-        return ends & counted, continues & counted
+        ends[:, self.config.num_beams:] = False
+        return ends, continues & (continues.cumsum(dim=1) <= self.config.num_beams)
 
     def ends_row(self, tokens: torch.Tensor, lines_so_far: torch.Tensor) -> torch.Tensor:
-        limit = self.config.max_lines
-        if limit == 0:
-            return torch.zeros_like(tokens, dtype=torch.bool)
-        return self.is_line_break[tokens] & (lines_so_far + 1 >= limit)
+        """Whether each token ends its hypothesis: <|endoftext|>, or the line break that completes --max_lines."""
+        ends = tokens == END_OF_TEXT_ID
+        if self.config.max_lines:
+            ends |= self.is_line_break[tokens] & (lines_so_far + 1 >= self.config.max_lines)
+        return ends
 
     # --- shared pieces ---
 
@@ -272,17 +311,6 @@ class Decoder:
             return logits.argmax(dim=-1)
         probs = sampling_distribution(logits, self.config.temperature, self.config.top_k, self.config.top_p)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-    def cut_at_last_line(self, generated: list[int]) -> list[int]:
-        """Drop what follows the max_lines-th line break (the padding of a stopped row)."""
-        if self.config.max_lines == 0:
-            return generated
-        lines = 0
-        for i, token in enumerate(generated):
-            lines += token in self.line_break_ids
-            if lines == self.config.max_lines:
-                return generated[:i + 1]
-        return generated
 
 
 class LineState:
@@ -326,15 +354,15 @@ class EarlyStop:
 
 
 class FinishedHypotheses:
-    """Per prompt: the best finished hypothesis so far, and the K best scores, which tell when to stop searching.
-    Scores are length-normalised in float64, as Python floats would be; among equal scores the earliest found
-    stays best."""
+    """Per prompt: the best finished hypothesis so far (`best_tokens`, padded after it), and the K best scores,
+    which tell when to stop searching. Scores are length-normalised in float64, as Python floats would be; among
+    equal scores the earliest found stays best. Hypotheses come in order of length, so a better one overwrites
+    every token of the one before."""
 
     def __init__(self, batch: int, beams: int, config: DecodingConfig, device: torch.device):
         self.length_penalty = config.length_penalty
         self.best_score = torch.full((batch,), float("-inf"), dtype=torch.float64, device=device)
         self.best_tokens = torch.full((batch, config.max_new_tokens), PAD_ID, device=device)
-        self.best_length = torch.zeros(batch, dtype=torch.long, device=device)
         self.top_scores = torch.full((batch, beams), float("-inf"), dtype=torch.float64, device=device)
 
     def add(self, scores: torch.Tensor, length: int, tokens_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -345,7 +373,6 @@ class FinishedHypotheses:
         score = scores.gather(1, pick).squeeze(1)
         better = score > self.best_score
         self.best_tokens[:, :length] = torch.where(better[:, None], tokens_of(pick), self.best_tokens[:, :length])
-        self.best_length = torch.where(better, length, self.best_length)
         self.best_score = torch.where(better, score, self.best_score)
         self.top_scores = torch.cat([self.top_scores, scores], dim=1).topk(self.top_scores.size(1), dim=1).values
 
@@ -354,9 +381,6 @@ class FinishedHypotheses:
         length, is no better than the K-th best of them (the usual heuristic: it is not an exact bound)."""
         normalised = best_open.double() / length ** self.length_penalty
         return (best_open > float("-inf")) & (normalised > self.top_scores[:, -1])
-
-    def best(self) -> list[list[int]]:
-        return [row[:length] for row, length in zip(self.best_tokens.tolist(), self.best_length.tolist())]
 
 
 def next_beams(kept: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor,
@@ -468,10 +492,15 @@ def nucleus_cut(logits: torch.Tensor, probs: torch.Tensor, top_p: float) -> tupl
     return logits.gather(1, kept - 1), mass[:, -1] >= top_p
 
 
-def max_cosine_similarity(candidates: torch.Tensor, history: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """`[B, k]`: each candidate's highest cosine similarity to the row's earlier hidden states
-    (`history` `[B, L, H]`, of which `real` `[B, L]` marks the non-padding ones)."""
-    candidates = torch.nn.functional.normalize(candidates.float(), dim=-1)
-    history = torch.nn.functional.normalize(history.float(), dim=-1)
+def degeneration_penalty(candidates: torch.Tensor, history: torch.Tensor, real: torch.Tensor,
+                         reduction: str) -> torch.Tensor:
+    """`[B, k]`: the max or the mean of each candidate's cosine similarities to the row's earlier hidden states
+    (`history` `[B, L, H]`, of which `real` `[B, L]` marks the non-padding ones). The max punishes a candidate
+    close to any one earlier token; the mean, one close to the text as a whole."""
+    candidates = F.normalize(candidates.float(), dim=-1)
+    history = F.normalize(history.float(), dim=-1)
     similarity = candidates @ history.transpose(1, 2)  # [B, k, L]
-    return similarity.masked_fill(~real[:, None, :], float("-inf")).amax(dim=-1)
+    real = real[:, None, :]
+    if reduction == "max":
+        return similarity.masked_fill(~real, float("-inf")).amax(dim=-1)
+    return similarity.masked_fill(~real, 0.0).sum(dim=-1) / real.sum(dim=-1)

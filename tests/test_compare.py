@@ -174,3 +174,17 @@ def test_a_path_without_runs_is_refused_naming_it(tmp_path):
         compare.find_runs([tmp_path / "empty"])
     with pytest.raises(UserError, match="no such directory"):
         compare.find_runs([tmp_path / "missing"])
+
+
+def test_settings_that_change_results_split_groups_even_when_resume_may_change_them(tmp_path):
+    """Decoding and the checkpoint may change on --resume, yet change a run's scores; output paths do not."""
+    def learned(decoding: dict, task: dict, model: dict) -> dict:
+        record = {"command": ["sonnet_generation.py"], "data": {},
+                  "settings": {"decoding": decoding, "task": task, "model": model}}
+        return compare.learning_settings(tmp_path, record)
+
+    base = learned({"temperature": 1.2}, {"sonnet_out": "a.txt"}, {})
+    assert learned({"temperature": 1.2}, {"sonnet_out": "b.txt"}, {"use_gpu": True}) == base
+    assert learned({"temperature": 0.7}, {"sonnet_out": "a.txt"}, {})["--temperature"] == 0.7 != base["--temperature"]
+    assert learned({}, {"decoding": "beam"}, {})["--decoding"] == "beam"
+    assert learned({}, {}, {"model_path": "other"})["--model_path"] == "other"

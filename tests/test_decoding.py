@@ -5,8 +5,10 @@ import warnings
 
 import pytest
 import torch
+from transformers import GPT2Config as HFConfig
+from transformers import GPT2LMHeadModel
 
-from config import GPT2Config, UserError
+from config import END_OF_TEXT_ID, GPT2Config, UserError
 from models import decoding, gpt2
 from models.decoding import (CHECK_EVERY, NUCLEUS_HEAD, PAD_ID, Decoder, DecodingConfig, generate, greedy_decode,
                              sampling_distribution)
@@ -15,6 +17,8 @@ from modules import attention, gpt2_layer
 
 PROMPT_LENGTHS = [8, 3, 5]
 NEW_TOKENS = 12
+EOS_PROMPT_LENGTHS = [8, 3, 5, 6, 2]  # for the model that often ends a row: more rows, more tokens
+EOS_NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +39,57 @@ def peaked_model(model) -> GPT2Model:
 
 
 @pytest.fixture(scope="module")
-def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+def repetitive_model(model) -> GPT2Model:
+    """The tiny model with its embeddings scaled up less: it tends to repeat its last token, the degeneration
+    contrastive search is for, and its probabilities are peaked enough to weigh against the penalty."""
+    repetitive = copy.deepcopy(model)
+    with torch.no_grad():
+        repetitive.word_embedding.weight.mul_(10)
+    return repetitive
+
+
+@pytest.fixture(scope="module")
+def eos_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[GPT2Model, GPT2LMHeadModel]:
+    """A tiny random GPT-2 that ends rows with <|endoftext|> at some steps and not at others, as ours and as
+    transformers' (the same weights, through a checkpoint). The end-of-text embedding (tied to the output layer) is
+    the first unit vector, so its logit is the final LayerNorm's first output, gain * normalised + bias: from
+    0.5 ± 0.5 it often beats the random model's other logits, whose largest is about 0.7."""
+    torch.manual_seed(0)
+    reference = GPT2LMHeadModel(HFConfig(n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                         attn_implementation="eager")).eval()
+    with torch.no_grad():
+        end_of_text = reference.transformer.wte.weight[END_OF_TEXT_ID]
+        end_of_text.zero_()
+        end_of_text[0] = 1.0
+        reference.transformer.ln_f.weight[0] = 0.5
+        reference.transformer.ln_f.bias[0] = 0.5
+    directory = tmp_path_factory.mktemp("eos-gpt2")
+    reference.save_pretrained(directory)
+    return GPT2Model.from_pretrained(directory).eval(), reference
+
+
+@pytest.fixture(scope="module")
+def eos_model(eos_models) -> GPT2Model:
+    return eos_models[0]
+
+
+def left_padded_prompts(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded random prompts (distinct tokens, so a prompt holds no repeated n-gram)."""
-    generator = torch.Generator().manual_seed(1)
-    width = max(PROMPT_LENGTHS)
-    mask = (torch.arange(width)[None] >= width - torch.tensor(PROMPT_LENGTHS)[:, None]).long()
-    ids = torch.stack([torch.randperm(50000, generator=generator)[:width] for _ in PROMPT_LENGTHS])
-    return ids.masked_fill(mask == 0, 50256), mask
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    mask = (torch.arange(width)[None] >= width - torch.tensor(lengths)[:, None]).long()
+    ids = torch.stack([torch.randperm(50000, generator=generator)[:width] for _ in lengths])
+    return ids.masked_fill(mask == 0, END_OF_TEXT_ID), mask
+
+
+@pytest.fixture(scope="module")
+def prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    return left_padded_prompts(PROMPT_LENGTHS)
+
+
+@pytest.fixture(scope="module")
+def eos_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    return left_padded_prompts(EOS_PROMPT_LENGTHS)
 
 
 def run(model, prompts, **settings) -> list[list[int]]:
@@ -114,6 +162,16 @@ def test_no_repeat_ngram_leaves_no_bigram_twice(model, prompts, strategy):
         assert len(bigrams) == len(set(bigrams))
 
 
+def before_end_of_text(row: list[int]) -> list[int]:
+    return row[:row.index(END_OF_TEXT_ID)] if END_OF_TEXT_ID in row else row
+
+
+def ended_mid_generation(rows: list[list[int]]) -> set[int]:
+    """The lengths of the rows that ended at <|endoftext|> before the last of EOS_NEW_TOKENS steps: the tests
+    that end rows assert there are several, so that they show what they claim."""
+    return {len(row) for row in rows if len(row) < EOS_NEW_TOKENS - 1}
+
+
 def cut_after_lines(row: list[int], line_break_ids: set[int], max_lines: int) -> list[int]:
     breaks = [i for i, token in enumerate(row) if token in line_break_ids]
     return row[:breaks[max_lines - 1] + 1] if len(breaks) >= max_lines else row
@@ -156,19 +214,28 @@ def test_beam_search_finds_likelier_sequences_than_greedy(model, prompts):
         assert beam_score >= sequence_logprob(model, prompts, row, greedy[row]) - 1e-4
 
 
-def contrastive_reference(model, prompt: list[int], alpha: float, k: int, new_tokens: int) -> list[int]:
-    """Contrastive search written out for one unpadded prompt, recomputing everything without a cache."""
+def contrastive_reference(model, prompt: list[int], alpha: float, k: int, new_tokens: int, penalty: str = "max",
+                          alpha_end: float | None = None) -> list[int]:
+    """Contrastive search written out for one unpadded prompt, recomputing everything without a cache. The
+    penalty is the max or the mean of the candidate's cosine similarities to every earlier token; its weight
+    runs in a straight line from `alpha` at the first new token to `alpha_end` at the last. It stops at
+    <|endoftext|>, which it leaves out."""
     tokens = list(prompt)
-    for _ in range(new_tokens):
+    for step in range(new_tokens):
+        weight = alpha if alpha_end is None else alpha + (alpha_end - alpha) * step / (new_tokens - 1)
         hidden = model(torch.tensor([tokens]))["last_hidden_state"][0]
         probs = model.hidden_state_to_token(hidden[-1]).softmax(dim=-1)
         top_probs, top_ids = probs.topk(k)
         scores = []
         for p, token in zip(top_probs.tolist(), top_ids.tolist()):
             candidate = model(torch.tensor([tokens + [token]]))["last_hidden_state"][0, -1]
-            similarity = torch.cosine_similarity(candidate[None], hidden, dim=-1).max().item()
-            scores.append((1 - alpha) * p - alpha * similarity)
-        tokens.append(top_ids[max(range(k), key=scores.__getitem__)].item())
+            similarities = torch.cosine_similarity(candidate[None], hidden, dim=-1)
+            similarity = similarities.max() if penalty == "max" else similarities.mean()
+            scores.append((1 - weight) * p - weight * similarity.item())
+        chosen = top_ids[max(range(k), key=scores.__getitem__)].item()
+        if chosen == END_OF_TEXT_ID:
+            break
+        tokens.append(chosen)
     return tokens[len(prompt):]
 
 
@@ -177,6 +244,37 @@ def test_contrastive_search_matches_unbatched_reference(model, prompts):
     rows = run(model, prompts, strategy="contrastive", contrastive_alpha=0.6, contrastive_k=4)
     for row, generated in enumerate(rows):
         assert generated == contrastive_reference(model, real_tokens(prompts, row, []), 0.6, 4, NEW_TOKENS)
+
+
+def assert_contrastive_matches_reference(model, prompts, penalty: str, alpha_end: float | None) -> list[list[int]]:
+    rows = run(model, prompts, strategy="contrastive", contrastive_alpha=0.6, contrastive_k=4,
+               contrastive_penalty=penalty, contrastive_alpha_end=alpha_end, max_new_tokens=EOS_NEW_TOKENS)
+    for row, generated in enumerate(rows):
+        assert generated == contrastive_reference(model, real_tokens(prompts, row, []), 0.6, 4, EOS_NEW_TOKENS,
+                                                  penalty, alpha_end)
+    return rows
+
+
+@pytest.mark.parametrize("penalty, alpha_end", [("mean", None), ("max", 0.95), ("mean", 0.95), ("max", 0.2)])
+@torch.no_grad()
+def test_contrastive_options_match_unbatched_reference(repetitive_model, eos_prompts, penalty, alpha_end):
+    """The mean penalty (over real tokens only: the prompts are left-padded) and a weight that grows or shrinks
+    over the new tokens, alone and together; each changes what the default writes."""
+    rows = assert_contrastive_matches_reference(repetitive_model, eos_prompts, penalty, alpha_end)
+    assert rows != run(repetitive_model, eos_prompts, strategy="contrastive", max_new_tokens=EOS_NEW_TOKENS)
+
+
+@pytest.mark.parametrize("penalty, alpha_end", [("max", None), ("mean", 0.95)])
+@torch.no_grad()
+def test_contrastive_search_stops_at_end_of_text_as_unbatched_reference(eos_model, eos_prompts, penalty, alpha_end):
+    rows = assert_contrastive_matches_reference(eos_model, eos_prompts, penalty, alpha_end)
+    assert len(ended_mid_generation(rows)) >= 2
+
+
+def test_contrastive_alpha_runs_from_alpha_to_its_end_value():
+    config = DecodingConfig(contrastive_alpha=0.2, contrastive_alpha_end=0.8, max_new_tokens=4)
+    assert [config.contrastive_alpha_at(step) for step in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert DecodingConfig(contrastive_alpha=0.3, max_new_tokens=4).contrastive_alpha_at(3) == 0.3
 
 
 def test_kv_cache_reorder_permutes_rows(model, prompts):
@@ -201,6 +299,8 @@ def test_kv_cache_reorder_permutes_rows(model, prompts):
     (dict(temperature=0.0), "--temperature 0: must be greater than 0"),
     (dict(max_lines=-1), "--max_lines -1: must be at least 0"),
     (dict(length_penalty=float("nan")), "--length_penalty nan: must be a finite number"),
+    (dict(contrastive_penalty="min"), "--contrastive_penalty 'min': must be one of max, mean"),
+    (dict(contrastive_alpha_end=1.5), r"--contrastive_alpha_end 1.5: must be in \[0, 1\]"),
 ])
 def test_config_rejects_invalid_settings_naming_the_flag(settings, message):
     with pytest.raises(UserError, match=message):
@@ -224,7 +324,8 @@ def top_p_reference(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def sample_reference(model, prompts, generator: torch.Generator, temperature: float, top_p: float,
                      new_tokens: int, line_breaks: set[int] = frozenset(), max_lines: int = 0) -> list[list[int]]:
     """Sampling written out: each step recomputes the whole batch without a cache, top-p sorts every token,
-    stopped rows get padding and the loop ends at the first step after which every row has stopped."""
+    stopped rows (at <|endoftext|> or max_lines) get padding and the loop ends at the first step after which every
+    row has stopped."""
     input_ids, mask = prompts
     tokens, done = input_ids, torch.zeros(len(input_ids), dtype=torch.bool)
     for _ in range(new_tokens):
@@ -232,8 +333,9 @@ def sample_reference(model, prompts, generator: torch.Generator, temperature: fl
         probs = top_p_reference(logits, top_p) if top_p < 1 else logits.softmax(dim=-1)
         next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1).masked_fill(done, PAD_ID)
         tokens, mask = torch.cat([tokens, next_token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        generated = tokens[:, input_ids.size(1):].tolist()
-        done = torch.tensor([max_lines > 0 and sum(t in line_breaks for t in row) >= max_lines for row in generated])
+        generated = [before_end_of_text(row) for row in tokens[:, input_ids.size(1):].tolist()]
+        done |= torch.tensor([max_lines > 0 and sum(t in line_breaks for t in row) >= max_lines for row in generated])
+        done |= next_token == END_OF_TEXT_ID
         if done.all():
             break
     return [cut_after_lines(row, line_breaks, max_lines) if max_lines else row for row in generated]
@@ -277,34 +379,41 @@ def next_logprobs(model, tokens: list[int]) -> torch.Tensor:
 
 
 def beam_reference(model, prompt: list[int], beams: int, length_penalty: float, line_breaks: set[int],
-                   max_lines: int) -> list[int]:
+                   max_lines: int, new_tokens: int = NEW_TOKENS) -> list[int]:
     """Beam search written out for one unpadded prompt, recomputing without a cache. Each step takes the 2K
-    likeliest extensions of the beams best first: one that ends its last line finishes, the others continue
-    until K do. The search ends once K have finished and the best open beam, scored at its length, is no
-    better than the K-th of them; beams open at the end finish too."""
+    likeliest extensions of the beams best first: one that ends (at <|endoftext|> or its last line break)
+    finishes if it is among the K best, the K best of the others continue. The search ends once K have finished
+    and the best open beam, scored at its length, is no better than the K-th of them; beams open at the end
+    finish too. The length counts the <|endoftext|>; the hypothesis returned leaves it out."""
     def normalised(score: float, length: int) -> float:
         return score / length ** length_penalty
 
+    def ends(hypothesis: list[int]) -> bool:
+        lines = sum(token in line_breaks for token in hypothesis)
+        return hypothesis[-1] == END_OF_TEXT_ID or 0 < max_lines <= lines and hypothesis[-1] in line_breaks
+
+    def best() -> list[int]:
+        return before_end_of_text(max(finished, key=lambda h: h[0])[1])
+
     open_beams, finished = [(0.0, [])], []
-    for length in range(1, NEW_TOKENS + 1):
+    for length in range(1, new_tokens + 1):
         candidates = []
         for score, generated in open_beams:
             totals = torch.tensor(score) + next_logprobs(model, prompt + generated)  # float32 sums, as batched
             top = totals.topk(2 * beams)
             candidates += [(s, generated + [t]) for s, t in zip(top.values.tolist(), top.indices.tolist())]
         open_beams = []
-        for score, hypothesis in sorted(candidates, key=lambda c: -c[0])[:2 * beams]:
-            if len(open_beams) == beams:
-                break
-            if max_lines and hypothesis[-1] in line_breaks and sum(t in line_breaks for t in hypothesis) >= max_lines:
-                finished.append((normalised(score, length), hypothesis))
-            else:
+        for rank, (score, hypothesis) in enumerate(sorted(candidates, key=lambda c: -c[0])[:2 * beams]):
+            if ends(hypothesis):
+                if rank < beams:
+                    finished.append((normalised(score, length), hypothesis))
+            elif len(open_beams) < beams:
                 open_beams.append((score, hypothesis))
         kth_best = sorted((s for s, _ in finished), reverse=True)[beams - 1] if len(finished) >= beams else None
         if not open_beams or kth_best is not None and normalised(open_beams[0][0], length) <= kth_best:
-            return max(finished, key=lambda h: h[0])[1]
-    finished += [(normalised(score, NEW_TOKENS), hypothesis) for score, hypothesis in open_beams]
-    return max(finished, key=lambda h: h[0])[1]
+            return best()
+    finished += [(normalised(score, new_tokens), hypothesis) for score, hypothesis in open_beams]
+    return best()
 
 
 @pytest.mark.parametrize("beams, length_penalty, max_lines", [(1, 1.0, 0), (3, 1.0, 0), (4, 0.0, 0), (2, 2.0, 1),
@@ -317,6 +426,83 @@ def test_beam_search_matches_unbatched_reference(model, prompts, beams, length_p
     for row, generated in enumerate(rows):
         assert generated == beam_reference(model, real_tokens(prompts, row, []), beams, length_penalty, line_breaks,
                                            max_lines)
+
+
+@pytest.mark.parametrize("beams, length_penalty, max_lines", [(3, 0.0, 2), (4, 0.5, 3), (5, 0.7, 2)])
+def test_beam_search_ends_at_end_of_text_or_last_line_as_unbatched_reference(eos_model, eos_prompts, beams,
+                                                                             length_penalty, max_lines):
+    """Both endings in one search: hypotheses that end at <|endoftext|> compete with those that end at their
+    last line break (pretend line breaks: the first tokens of the rows beam search writes without them)."""
+    settings = dict(strategy="beam", num_beams=beams, length_penalty=length_penalty, max_new_tokens=EOS_NEW_TOKENS)
+    line_breaks = {row[0] for row in run(eos_model, eos_prompts, **settings) if row}
+    rows = run(eos_model, eos_prompts, max_lines=max_lines, line_break_ids=list(line_breaks), **settings)
+    for row, generated in enumerate(rows):
+        assert generated == beam_reference(eos_model, real_tokens(eos_prompts, row, []), beams, length_penalty,
+                                           line_breaks, max_lines, EOS_NEW_TOKENS)
+    at_last_line = [sum(token in line_breaks for token in row) == max_lines for row in rows]
+    at_end_of_text = [len(row) < EOS_NEW_TOKENS and not lines for row, lines in zip(rows, at_last_line)]
+    assert any(at_last_line) and any(at_end_of_text)
+
+
+# --- ending at <|endoftext|>, against transformers' `generate` on the same weights ---
+
+def transformers_generate(reference: GPT2LMHeadModel, prompts, new_tokens: int = EOS_NEW_TOKENS,
+                          **settings) -> list[list[int]]:
+    """The new tokens of each sequence transformers' `generate` returns, before <|endoftext|>."""
+    input_ids, mask = prompts
+    sequences = reference.generate(input_ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                   pad_token_id=END_OF_TEXT_ID, **settings)
+    return [before_end_of_text(row) for row in sequences[:, input_ids.size(1):].tolist()]
+
+
+def test_greedy_stops_at_end_of_text_as_transformers(eos_models, eos_prompts):
+    model, reference = eos_models
+    rows = run(model, eos_prompts, strategy="greedy", max_new_tokens=EOS_NEW_TOKENS)
+    assert rows == transformers_generate(reference, eos_prompts, do_sample=False)
+    assert len(ended_mid_generation(rows)) >= 3
+
+
+# Seeds with which every row ends before the last step at temperature 0.1, so that both loops stop early, and
+# some do at 0.15.
+@pytest.mark.parametrize("temperature, top_k, top_p, seed", [(0.1, 0, 1.0, 3), (0.1, 100, 1.0, 6), (0.1, 0, 0.9, 0),
+                                                              (0.15, 0, 1.0, 2)])
+def test_sampling_stops_at_end_of_text_as_transformers(eos_models, eos_prompts, temperature, top_k, top_p, seed):
+    """The same draws from the default generator, and the same state after them: once every row has ended,
+    both stop drawing."""
+    model, reference = eos_models
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    torch.manual_seed(seed)
+    theirs = transformers_generate(reference, eos_prompts, do_sample=True, **sampling)
+    after_theirs = torch.rand(4)
+    torch.manual_seed(seed)
+    rows = run(model, eos_prompts, strategy="sample", max_new_tokens=EOS_NEW_TOKENS, **sampling)
+    assert rows == theirs and torch.equal(torch.rand(4), after_theirs)
+    assert len(ended_mid_generation(rows)) >= 2
+
+
+@pytest.mark.parametrize("beams, length_penalty", [(3, 1.0), (4, 1.0), (4, 0.5), (4, 2.0)])
+def test_beam_search_ends_at_end_of_text_as_transformers(eos_models, eos_prompts, beams, length_penalty):
+    """transformers' beam search with early_stopping=False: a hypothesis ends at <|endoftext|>, scored by the sum
+    of its log-probabilities, that token's included, over its length counting that token. transformers' K
+    finished hypotheses per prompt show hypotheses ending there mid-generation for several prompts."""
+    model, reference = eos_models
+    theirs = transformers_generate(reference, eos_prompts, do_sample=False, num_beams=beams,
+                                   length_penalty=length_penalty, early_stopping=False, num_return_sequences=beams)
+    rows = run(model, eos_prompts, strategy="beam", num_beams=beams, length_penalty=length_penalty,
+               max_new_tokens=EOS_NEW_TOKENS)
+    assert rows == theirs[::beams]
+    assert sum(bool(ended_mid_generation(theirs[row:row + beams])) for row in range(0, len(theirs), beams)) >= 2
+
+
+@pytest.mark.parametrize("beams, seed", [(3, 3), (4, 3), (2, 10)])
+def test_beam_search_finishes_only_among_the_k_best_candidates_as_transformers(eos_models, beams, seed):
+    """An <|endoftext|> candidate ranked below the K best of the 2K is dropped, not finished, as in transformers.
+    Found by search: in these batches finishing it (once fewer than K candidates above it continue) would
+    change one prompt's result."""
+    model, reference = eos_models
+    prompts = left_padded_prompts([8, 3, 5, 6, 2, 7, 4, 1], seed)
+    theirs = transformers_generate(reference, prompts, 30, do_sample=False, num_beams=beams, early_stopping=False)
+    assert run(model, prompts, strategy="beam", num_beams=beams, max_new_tokens=30) == theirs
 
 
 def test_contrastive_search_copies_only_the_newest_cache_position(model, prompts, monkeypatch):
@@ -387,8 +573,8 @@ def host_reads(monkeypatch) -> list[str]:
 CONTROLS = dict(repetition_penalty=1.3, no_repeat_ngram=2, line_end_nudge=2.0, line_length=3)
 
 
-# Every control that runs per token; the pretend line break never comes 50 times, so no row stops and the host
-# looks every CHECK_EVERY tokens. Top-p is left out: on the CPU it looks at its rows each token by design.
+# Every control that runs per token; neither <|endoftext|> nor the pretend line break 50 times comes, so no row stops
+# and the host looks every CHECK_EVERY tokens. Top-p is left out: on the CPU it looks at its rows each token by design.
 @pytest.mark.parametrize("settings", [dict(strategy="greedy"), dict(strategy="greedy", max_lines=50, **CONTROLS),
                                       dict(strategy="sample", temperature=1.5, top_k=20, max_lines=50, **CONTROLS)],
                          ids=["greedy", "greedy-controls", "sample-controls"])
@@ -400,8 +586,7 @@ def test_greedy_and_sampling_read_nothing_back_per_token(model, prompts, host_re
         assert "tolist" in host_reads and "tensor" in host_reads  # the results, the constants: the spy works
         return len(host_reads)
 
-    looks = 2 if settings.get("max_lines") else 0
-    assert reads(3 * CHECK_EVERY) - reads(CHECK_EVERY) == looks
+    assert reads(3 * CHECK_EVERY) - reads(CHECK_EVERY) == 2  # the looks at whether every row has stopped
 
 
 @pytest.fixture
@@ -412,31 +597,17 @@ def on_gpu(model, prompts) -> tuple[GPT2Model, torch.Tensor, torch.Tensor]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("settings", [dict(strategy="greedy"), dict(strategy="greedy", **CONTROLS),
                                       dict(strategy="sample", temperature=1.5, top_k=20, **CONTROLS),
-                                      dict(strategy="sample", temperature=1.2, top_p=0.9)],
-                         ids=["greedy", "greedy-controls", "sample-controls", "top-p"])
-def test_greedy_and_sampling_never_wait_for_the_gpu(on_gpu, settings):
-    """torch's sync debug mode raises at the first wait for the GPU in the loop (the Decoder, built outside,
-    copies its constants to the GPU and reads the prompts' padding once)."""
+                                      dict(strategy="sample", temperature=1.2, top_p=0.9),
+                                      dict(strategy="sample", max_lines=50, **CONTROLS)],
+                         ids=["greedy", "greedy-controls", "sample-controls", "top-p", "max-lines"])
+def test_greedy_and_sampling_wait_for_the_gpu_once_every_check(on_gpu, settings):
+    """The loop waits for the GPU only to look whether every row has stopped (at <|endoftext|> or max_lines;
+    none does here), every CHECK_EVERY tokens and at the last: counted as sync warnings. The Decoder, built
+    outside, copies its constants to the GPU and reads the prompts' padding once."""
     model, input_ids, mask = on_gpu
-    decoder = Decoder(model, DecodingConfig(max_new_tokens=2 * CHECK_EVERY, **settings), [198], [198], input_ids, mask)
-    generators = torch.Generator("cuda").manual_seed(0), torch.Generator("cuda").manual_seed(0)
-    decoder.sample(input_ids, mask, generators[0])  # warm-up: first kernel launches and allocations
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        decoder.sample(input_ids, mask, generators[1])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_stopping_waits_for_the_gpu_once_every_check(on_gpu):
-    """With max_lines the loop looks whether every row has stopped (none does here) every CHECK_EVERY tokens
-    and at the last: counted as sync warnings."""
-    model, input_ids, mask = on_gpu
-    config = DecodingConfig(strategy="sample", max_new_tokens=2 * CHECK_EVERY + 3, max_lines=50, **CONTROLS)
+    config = DecodingConfig(max_new_tokens=2 * CHECK_EVERY + 3, **settings)
     decoder = Decoder(model, config, [198], [198], input_ids, mask)
-    decoder.sample(input_ids, mask, torch.Generator("cuda").manual_seed(0))  # warm-up
+    decoder.sample(input_ids, mask, torch.Generator("cuda").manual_seed(0))  # warm-up: first launches, allocations
     generator = torch.Generator("cuda").manual_seed(0)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:

@@ -1,4 +1,5 @@
 """paraphrase_detection.py with a tiny random checkpoint, the real tokenizer and the Quora sample."""
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,17 @@ def test_k_shot_without_training_writes_predictions(tmp_path, tiny_checkpoint):
                "--para_dev_out", str(dev_out), "--para_test_out", str(test_out)])
     assert len(read_predictions(test_out)) == 2000
     assert len(read_predictions(dev_out)) == 1999
+
+
+def test_ulmfit_with_lora_trains_top_down_with_its_schedule(tmp_path, tiny_checkpoint):
+    """--ulmfit, as in classifier.py: the cloze decision has no head, so the top layer's adapters train first."""
+    run_dir = tmp_path / "run"
+    para.main(["--model_path", str(tiny_checkpoint[0]), "--ulmfit", "--lora", "--epochs", "2", "--keep_best", "2",
+               "--train_limit", "16", "--lr", "1e-2", "--run_dir", str(run_dir), "--para_dev_out",
+               str(tmp_path / "dev.csv"), "--para_test_out", str(tmp_path / "test.csv")])
+    train = json.loads((run_dir / "settings.json").read_text())["settings"]["train"]
+    assert (train["scheduler"], train["layer_lr_decay"], train["warmup_ratio"]) == ("slanted_triangular", 1 / 2.6, 0.1)
+    first, second = (torch.load(run_dir / f"epoch{epoch}.pt", weights_only=True)["model"] for epoch in (0, 1))
+    moved = {name for name in first if not torch.equal(first[name], second[name])}
+    assert moved and all(".lora_" in name for name in moved)  # the second epoch trains adapters, and only them
+    assert {name.split(".layers.")[1].split(".")[0] for name in moved} == {"0", "1"}  # both layers by then

@@ -106,7 +106,8 @@ def greedy_by_transformers(reference) -> tuple[torch.Tensor, torch.Tensor, list[
     tokenizer.padding_side = "left"
     batch = tokenizer(PROMPTS, padding=True, return_tensors="pt")
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
-    # eos_token_id=None: transformers would stop a row at end-of-text, where ours goes on to the last step.
+    # eos_token_id=None: a fixed length, as greedy_decode runs; `generate` stops a row at end-of-text, as
+    # transformers' own default does, and leaves that token out.
     tokens = reference.generate(input_ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                                 eos_token_id=None, pad_token_id=END_OF_TEXT_ID)
     return input_ids, mask, tokens[:, input_ids.size(1):].tolist()
@@ -115,4 +116,5 @@ def greedy_by_transformers(reference) -> tuple[torch.Tensor, torch.Tensor, list[
 def test_greedy_decoding_equals_transformers_generate(ours, greedy_by_transformers):
     input_ids, mask, expected = greedy_by_transformers
     assert greedy_decode(ours, input_ids, NEW_TOKENS, mask)[:, input_ids.size(1):].tolist() == expected
-    assert generate(ours, input_ids, mask, DecodingConfig(strategy="greedy", max_new_tokens=NEW_TOKENS)) == expected
+    until_end = [row[:row.index(END_OF_TEXT_ID)] if END_OF_TEXT_ID in row else row for row in expected]
+    assert generate(ours, input_ids, mask, DecodingConfig(strategy="greedy", max_new_tokens=NEW_TOKENS)) == until_end

@@ -23,8 +23,9 @@ RUNS = {
     "paraphrase_detection.py": (
         ["--train_limit", "48", "--batch_size", "8", "--epochs", "2", "--lr", "1e-3", "--lora", "--eval_batch_size",
          "64"],
-        {"para-dev-output.csv": "17f68f2b805dd59845ed1b05628417b58b2af1da2c857be43d4cfc251a96da03",
-         "para-test-output.csv": "17cb8e7d621edf6e484bae9854ef0ff6a674dcbe71001e5202f71f6520742693"},
+        # written in the course's 8505/3919 since; as 0/1 they hash to 17f68f2b... and 17cb8e7d..., as at 4cf29cf
+        {"para-dev-output.csv": "a45f4e8c3eee54a5f58e95b21547bb5b52a03d359359b6d539077fa9067ba7f6",
+         "para-test-output.csv": "f0ec50e4a3c251c3c9331035b005b96cec0eccbf8ab30d1ec521a0df76297b7a"},
         22.704036128517984),
     "sonnet_generation.py": (
         ["--train_limit", "16", "--batch_size", "8", "--epochs", "2", "--lr", "1e-3", "--max_new_tokens", "16",

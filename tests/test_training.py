@@ -87,6 +87,18 @@ def test_gradual_unfreezing_with_lora_unfreezes_only_adapters_top_down():
     assert trained == [{4}, {3, 4}, {2, 3, 4}, {1, 2, 3, 4}]
 
 
+def test_gradual_unfreezing_without_a_head_starts_with_the_top_layer():
+    """A cloze decision with LoRA trains nothing above the layers: the first epoch trains the top layer."""
+    model = tiny_gpt2()
+    apply_strategy(model, strategy(lora=True, ulmfit=True))
+    unfreeze = gradual_unfreezing(model, num_layers=3)
+    trained = []
+    for epoch in range(3):
+        unfreeze(epoch)
+        trained.append({layer_of(n, 3) for n, p in model.named_parameters() if p.requires_grad})
+    assert trained == [{3}, {2, 3}, {1, 2, 3}]
+
+
 def test_checkpoints_are_atomic_and_refuse_another_task_size_or_adapter(tmp_path):
     path = tmp_path / "run" / "last.pt"
     model = tiny_gpt2()

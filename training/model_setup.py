@@ -1,5 +1,6 @@
 """The GPT-2, tokenizer and fine-tuning strategy that the settings ask for."""
 from collections.abc import Callable
+from dataclasses import replace
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -11,7 +12,7 @@ from models.tokenizer import has_tokenizer_files, load_tokenizer
 from modules.lora import apply_lora
 from modules.prefix import add_prefix
 from training.optimization import layer_of
-from training.settings import ModelSettings, StrategySettings
+from training.settings import ModelSettings, StrategySettings, TrainSettings
 
 
 def build_gpt2(settings: ModelSettings) -> GPT2Model:
@@ -57,14 +58,23 @@ def apply_strategy(gpt: GPT2Model, strategy: StrategySettings, train_gpt: bool =
         gpt.final_layer_norm.requires_grad_(True)
 
 
+def ulmfit_schedule(train: TrainSettings) -> TrainSettings:
+    """`train` with ULMFiT's discriminative learning rates (lr / 2.6 per layer down, unless --layer_lr_decay is
+    given) and slanted triangular schedule (warm-up 0.1 of the steps, unless --warmup_ratio is given)."""
+    return replace(train, layer_lr_decay=1 / 2.6 if train.layer_lr_decay == 1.0 else train.layer_lr_decay,
+                   scheduler="slanted_triangular", warmup_ratio=train.warmup_ratio or 0.1)
+
+
 def gradual_unfreezing(model: nn.Module, num_layers: int) -> Callable[[int], None]:
-    """ULMFiT: in epoch e train only the parameters at depth >= num_layers + 1 - e (the head first, then
-    one more GPT-2 layer each epoch), of those that train now: all of them, or LoRA's adapters and the head."""
-    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    """ULMFiT: of the parameters that train now (all of them, or LoRA's adapters and the head), epoch e trains
+    only those at the top depth and the e below it: the head first (the top layer, when a cloze decision has
+    no head of its own), then one more GPT-2 layer each epoch."""
+    trainable = {name: layer_of(name, num_layers) for name, param in model.named_parameters() if param.requires_grad}
+    top = max(trainable.values())
 
     def unfreeze(epoch: int) -> None:
         for name, param in model.named_parameters():
-            param.requires_grad_(name in trainable and layer_of(name, num_layers) >= num_layers + 1 - epoch)
+            param.requires_grad_(name in trainable and trainable[name] >= top - epoch)
     return unfreeze
 
 
