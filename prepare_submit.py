@@ -8,14 +8,12 @@ The zip holds every top-level .py file, models/, modules/ and training/ (without
 and the predictions folder's files as predictions/NAME, where the course's grader reads them.
 """
 import argparse
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from config import UserError
-from training.course_files import current_umask
+from training.course_files import atomically
 from training.hand_in import check_predictions
 from training.settings import FlagParser, user_errors_end_in_one_line
 
@@ -37,23 +35,13 @@ def submission_files(root: Path, predictions_dir: Path) -> dict[str, Path]:
 
 
 def write_zip(out: Path, files: dict[str, Path]) -> None:
-    """`files` zipped into `out` under their names. A temporary file beside `out` replaces it only once
-    complete, so an interrupted run leaves the previous zip (or none), never part of one."""
+    """`files` zipped into `out` under their names, written `atomically`: an interrupted run leaves the
+    previous zip (or none), never part of one."""
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; a hand-in file is not
-        with open(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-                for name, path in files.items():
-                    archive.write(path, name)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomically(out) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, path in files.items():
+            archive.write(path, name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,9 @@ import classifier
 import evaluation
 import paraphrase_detection as para
 from models.gpt2 import GPT2Model
+from tests.test_settings import refusal
 from training.course_files import read_paraphrase, read_predictions, read_sentiment
 
-SCRIPTS = {"classifier": classifier, "paraphrase": para}
 SPLITS = ("train", "dev", "test-student")
 ROWS = 80  # of each course file: every class, and quick to score
 
@@ -79,17 +79,6 @@ def sentiment_ensemble(data: Path, out: Path, *runs: Path, flags: tuple[str, ...
 def para_ensemble(data: Path, out: Path, *runs: Path, flags: tuple[str, ...] = ()) -> list[str]:
     return ["--ensemble", *map(str, runs), *para_files(data), "--para_dev_out", str(out / "dev.csv"),
             "--para_test_out", str(out / "test.csv"), *flags]
-
-
-def refusal(capsys: pytest.CaptureFixture, script: str, argv: list[str]) -> str:
-    """The one line a refused command prints; it must exit with status 2."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        SCRIPTS[script].main(argv)
-    assert stopped.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message and "\n" not in message and "Traceback" not in message
-    return message
 
 
 def no_model(*args, **kwargs):

@@ -28,10 +28,11 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from config import NO_ID, YES_ID, UserError
 
@@ -388,21 +389,29 @@ def write_predictions(path: str | os.PathLike, ids: Sequence[str], labels: Seque
     write_atomically(Path(path), "".join(line + "\n" for line in lines))
 
 
-def write_atomically(path: Path, text: str) -> None:
-    # A temporary file in the same directory, so os.replace stays on one filesystem and readers
-    # never see a half-written file.
+@contextmanager
+def atomically(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` when the block ends, readable by all (0644 under the usual umask):
+    written beside it and renamed, on one filesystem, so readers never see it half-written, and a failure
+    leaves `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; a hand-in file is not
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with open(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` as UTF-8 with LF line ends at `path`, written `atomically`."""
+    with atomically(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def current_umask() -> int:

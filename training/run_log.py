@@ -6,13 +6,11 @@ Every line has its `split` ("train": the loss every --log_every steps; "dev": th
 """
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from config import UserError
-from training.course_files import current_umask
+from training.course_files import atomically
 from training.distributed import is_main
 
 RESUME_ADVICE = "mend or delete that line, then resume again"
@@ -69,17 +67,9 @@ def training_speed(records: list[dict[str, Any]]) -> float:
 
 
 def save_figure(figure: Any, path: Path) -> None:
-    """`figure` as a PNG at `path`, written beside it and renamed, so that no reader sees half a picture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(descriptor, 0o666 & ~current_umask())  # mkstemp makes files private; a picture is not
-        with open(descriptor, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    """`figure` as a PNG at `path`, written `atomically`: no reader sees half a picture."""
+    with atomically(path) as f:
+        figure.savefig(f, format="png")
 
 
 class RunLog:
