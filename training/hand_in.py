@@ -131,15 +131,16 @@ def check_ids(path: Path, input_path: Path, needed: list[str], known: Collection
     returns how many ids the file answers."""
     missing = [i for i in needed if i not in predictions]
     unknown = [i for i in predictions if i not in known]
-    problems = []
-    if missing:
-        problems.append(f"{path}: no prediction for {len(missing):,} of the {len(needed):,} ids of {input_path} "
-                        f"({some_of(missing)})")
-    if unknown:
-        problems.append(f"{path}: predictions for {len(unknown):,} id(s) not in {input_path} ({some_of(unknown)})")
+    problems = (listed(path, f"no prediction for {len(missing):,} of the {len(needed):,} ids of {input_path}", missing)
+                + listed(path, f"predictions for {len(unknown):,} id(s) not in {input_path}", unknown))
     if problems:
         raise UserError("; ".join(problems))
     return f"{len(needed):,} ids"
+
+
+def listed(path: Path, what: str, items: list[str]) -> list[str]:
+    """One problem of the file at `path`, `what` followed by some of the `items` at fault; none without items."""
+    return [f"{path}: {what} ({some_of(items)})"] if items else []
 
 
 # -----------------------------------------------------------------------------
@@ -155,19 +156,12 @@ def check_sonnets(path: Path, prompts_path: Path) -> str:
     altered = [number for number in answered if generated[number][:len(prompts[number])] != prompts[number]]
     unfinished = [str(number) for number in answered
                   if number not in altered and len(generated[number]) <= len(prompts[number])]
-    problems = []
-    if missing:
-        problems.append(f"{path}: missing {len(missing)} of the {len(prompts)} sonnets of {prompts_path} "
-                        f"({some_of(missing)})")
-    if unknown:
-        problems.append(f"{path}: {len(unknown)} sonnet(s) without a prompt in {prompts_path} ({some_of(unknown)})")
-    if altered:
-        problems.append(f"{path}: {len(altered)} sonnet(s) not beginning with their prompt's lines unaltered "
-                        f"({some_of([str(number) for number in altered])}); "
-                        + first_difference(altered[0], prompts[altered[0]], generated[altered[0]]))
-    if unfinished:
-        problems.append(f"{path}: {len(unfinished)} sonnet(s) with no line after their prompt "
-                        f"({some_of(unfinished)})")
+    problems = (listed(path, f"missing {len(missing)} of the {len(prompts)} sonnets of {prompts_path}", missing)
+                + listed(path, f"{len(unknown)} sonnet(s) without a prompt in {prompts_path}", unknown)
+                + listed(path, f"{len(altered)} sonnet(s) not beginning with their prompt's lines unaltered",
+                         [str(number) for number in altered])
+                + [first_difference(number, prompts[number], generated[number]) for number in altered[:1]]
+                + listed(path, f"{len(unfinished)} sonnet(s) with no line after their prompt", unfinished))
     if problems:
         raise UserError("; ".join(problems))
     return f"{len(prompts)} sonnets, each continuing its prompt"
