@@ -100,6 +100,14 @@ classifier | --cloze --pooling mean | --pooling 'mean': --cloze reads the last t
 classifier | --fine-tune-mode last-linear-layer --cloze | --cloze: has no new head to train
 classifier | --label_words bad,good | --label_words 'bad,good': only with --cloze
 classifier | --cloze --label_words bad,good | sst has 5 classes, and needs as many words
+classifier | --dropout_samples 2 --head_dropout 0 | --dropout_samples 2: needs --head_dropout > 0
+classifier | --contrastive -0.5 | --contrastive -0.5: must be at least 0
+classifier | --lm_loss -1 | --lm_loss -1: must be at least 0
+classifier | --contrastive_temperature 0 | --contrastive_temperature 0: must be greater than 0
+classifier | --keep_layers 3 | --keep_layers 3: must be in \[0, 2\] \(the model has 2 layers; 0 keeps them all\)
+classifier | --keep_layers -1 | --keep_layers -1: must be in \[0, 2\]
+classifier | --extra_train data/no-such.csv --dataset sst | --extra_train data/no-such.csv: no such file
+classifier | --extra_train data/ids-sst-train.csv --dataset both | --extra_train data/ids-sst-train.csv: holds one dataset's labels
 classifier | --precision bf16 | --precision 'bf16': is for GPUs: add --use_gpu, or use --precision fp32
 paraphrase | --precision tf32 | --precision 'tf32': is for GPUs: add --use_gpu, or use --precision fp32
 classifier | --precision half | argument --precision: invalid choice: 'half'
@@ -119,12 +127,16 @@ paraphrase | --k_shot -1 | --k_shot -1: must be at least 0
 paraphrase | --para_train data/no-such.csv | --para_train data/no-such.csv: no such file
 paraphrase | --para_dev_out data | --para_dev_out data: is a directory
 paraphrase | --para_test_out README.md/test.csv | --para_test_out README.md/test.csv: cannot be written
+paraphrase | --extra_train data/no-such.csv | --extra_train data/no-such.csv: no such file
+paraphrase | --ulmfit --train_top_layers 1 | --ulmfit: cannot be combined with --train_top_layers
 paraphrase | --prefix_length 4 | unrecognized arguments: --prefix_length 4
 sonnets    | --top_p 1.5 | --top_p 1.5: must be in \(0, 1\]
 sonnets    | --num_beams 0 | --num_beams 0: must be at least 1
 sonnets    | --temperature 0 | --temperature 0: must be greater than 0
 sonnets    | --top_k -1 | --top_k -1: must be at least 0
 sonnets    | --contrastive_alpha 2 | --contrastive_alpha 2: must be in \[0, 1\]
+sonnets    | --contrastive_alpha_end 1.5 | --contrastive_alpha_end 1.5: must be in \[0, 1\]
+sonnets    | --contrastive_penalty min | argument --contrastive_penalty: invalid choice: 'min'
 sonnets    | --max_new_tokens 0 | --max_new_tokens 0: must be at least 1
 sonnets    | --line_length 0 | --line_length 0: must be at least 1
 sonnets    | --line_end_nudge -1 | --line_end_nudge -1: must be at least 0
