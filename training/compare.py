@@ -11,13 +11,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from config import UserError, flag_of, setting, shown
 from training.course_files import write_atomically
-from training.run_dir import SETTINGS_FILE, RunResult, jsonable, read_record
+from training.run_dir import SETTINGS_FILE, RunResult, jsonable, read_record, result_of
 from training.run_log import read_records, save_figure
 from training.settings import ScriptSettings, require_writable
 
@@ -91,15 +92,20 @@ def compare(run_dirs: Sequence[Path]) -> list[Group]:
 def read_run(directory: Path) -> FinishedRun | None:
     """A run's record and dev curves, or None if it has not finished."""
     record = read_record(directory, ADVICE)
-    if "result" not in record:
+    result = result_of(record)
+    if result is None:
         return None
-    result = RunResult(**record["result"])
     seed = record["settings"].get(SEED[0], {}).get(SEED[1])
     if not isinstance(seed, int):
         raise UserError(f"{directory / SETTINGS_FILE}: its settings hold no whole-number seed ({'.'.join(SEED)}); "
                         f"{ADVICE}")
     return FinishedRun(directory, record["task"], seed, learning_settings(directory, record), result,
                        dev_curves(directory, result))
+
+
+def script_module(file: str) -> ModuleType:
+    """The task script `file`, one of SCRIPTS, as a module: its settings dataclasses and its parser."""
+    return importlib.import_module(file.removesuffix(".py"))
 
 
 def script_settings(directory: Path, record: dict[str, Any]) -> type[ScriptSettings]:
@@ -109,7 +115,7 @@ def script_settings(directory: Path, record: dict[str, Any]) -> type[ScriptSetti
     if script not in SCRIPTS:
         raise UserError(f"{directory / SETTINGS_FILE}: its command does not start with one of the task scripts "
                         f"({', '.join(SCRIPTS)}); {ADVICE}")
-    return importlib.import_module(script.removesuffix(".py")).Settings
+    return script_module(script).Settings
 
 
 def learning_settings(directory: Path, record: dict[str, Any]) -> dict[str, Any]:

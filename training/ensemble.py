@@ -19,10 +19,9 @@ from modules.lora import merge_lora
 from training.checkpoints import checkpoint_identity, load_checkpoint
 from training.course_files import write_atomically
 from training.distributed import is_main
-from training.run_dir import SETTINGS_FILE, read_record
+from training.run_dir import BEST_CHECKPOINT, SETTINGS_FILE, read_record
 from training.settings import RunSettings, ScriptSettings
 
-BEST_CHECKPOINT = "best.pt"
 # The model settings an ensemble's command decides for every run, whatever the run trained with: how it runs.
 RUNTIME_SETTINGS = ("use_gpu", "precision", "deterministic", "compile", "activation_checkpointing")
 

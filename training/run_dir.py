@@ -26,13 +26,14 @@ from training.run_log import is_count, is_number
 from training.settings import ScriptSettings
 
 SETTINGS_FILE = "settings.json"
+BEST_CHECKPOINT = "best.pt"  # the weights of the best dev epoch, which write the predictions
 LIBRARIES = ("torch", "transformers", "numpy", "safetensors", "sacrebleu", "scikit-learn")
 RESUME_ADVICE = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
 
 
 def run_files(directory: Path) -> list[Path]:
     """The files of a run in `directory`: what `--overwrite` deletes, and nothing else."""
-    names = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", "best.pt")
+    names = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", BEST_CHECKPOINT)
     found = [directory / name for name in names if (directory / name).is_file()]
     return found + sorted(directory.glob("epoch*.pt")) + sorted(directory.glob("*.pt.tmp"))
 
@@ -47,6 +48,11 @@ class RunResult:
     epochs_trained: int
     wall_seconds: float  # training and dev evaluation, summed over the run's sessions
     tokens_per_second: float  # training tokens, over the epochs logged in metrics.jsonl
+
+
+def result_of(record: dict[str, Any]) -> RunResult | None:
+    """What the run of a record (`read_record`, which checks its result) achieved; None if it has not finished."""
+    return RunResult(**record["result"]) if "result" in record else None
 
 
 def result_problem(result: Any) -> str | None:
@@ -91,7 +97,7 @@ class Run:
     curves_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.last_checkpoint, self.best_checkpoint = self.directory / "last.pt", self.directory / "best.pt"
+        self.last_checkpoint, self.best_checkpoint = self.directory / "last.pt", self.directory / BEST_CHECKPOINT
         self.log_file, self.curves_file = self.directory / "metrics.jsonl", self.directory / "curves.png"
 
     def epoch_checkpoint(self, epoch: int) -> Path:

@@ -48,7 +48,6 @@ import argparse
 import contextlib
 import difflib
 import fcntl
-import importlib
 import io
 import itertools
 import json
@@ -75,9 +74,9 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from config import UserError, shown
-from training.compare import compare, markdown_table, plot_dev_curves, write_csv
+from training.compare import compare, markdown_table, plot_dev_curves, script_module, write_csv
 from training.course_files import write_atomically
-from training.run_dir import SETTINGS_FILE, read_record
+from training.run_dir import SETTINGS_FILE, read_record, result_of
 from training.run_log import read_records
 from training.settings import ScriptSettings
 
@@ -103,7 +102,7 @@ class TaskScript:
 
     @property
     def module(self) -> ModuleType:
-        return importlib.import_module(self.file.removesuffix(".py"))
+        return script_module(self.file)
 
     @property
     def run_flags(self) -> set[str]:
@@ -350,7 +349,7 @@ class PlannedRun:
 
 def run_finished(run_dir: Path) -> bool:
     """Whether the run in `run_dir` finished: its settings.json holds a result (until a resume, which is not)."""
-    return (run_dir / SETTINGS_FILE).is_file() and "result" in read_record(run_dir, ADVICE)
+    return (run_dir / SETTINGS_FILE).is_file() and result_of(read_record(run_dir, ADVICE)) is not None
 
 
 def value_text(value: Scalar) -> str:
@@ -593,8 +592,8 @@ def last_line(path: Path) -> str:
 
 def result_text(run_dir: Path) -> str:
     """A finished run's best dev score, as a sweep reports it."""
-    result = read_record(run_dir, ADVICE)["result"]
-    return f"{result['metric']} {result['best_metrics'][result['metric']]:.4f} (best epoch {result['best_epoch']})"
+    result = result_of(read_record(run_dir, ADVICE))
+    return f"{result.metric} {result.best_metrics[result.metric]:.4f} (best epoch {result.best_epoch})"
 
 
 def gpus_for(runs: list[PlannedRun]) -> list[str | None]:
@@ -733,7 +732,7 @@ def run_trial(spec: Spec, directory: Path, study: optuna.Study, launcher: Launch
             study.tell(trial, state=TrialState.FAIL)
             raise run_failed(run, status)
     scores.report(strict=True)
-    value = read_record(run.run_dirs[0], ADVICE)["result"]["best_metrics"][spec.script.metric]
+    value = result_of(read_record(run.run_dirs[0], ADVICE)).best_metrics[spec.script.metric]
     study.tell(trial, value)
     tqdm.write(f"{name}: {result_text(run.run_dirs[0])}; "
                + ", ".join(f"{flag} {shown(v)}" for flag, v in trial.params.items()))
