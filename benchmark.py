@@ -22,9 +22,9 @@ import transformers
 import paraphrase_detection
 from config import END_OF_TEXT_ID, PRESETS
 from datasets import BATCH_PADDING
+from models.classification import GPT2Classifier
 from models.decoding import DecodingConfig, generate, greedy_decode
 from models.gpt2 import GPT2Model
-from modules.classification import GPT2Classifier
 from optimizer import AdamW
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -13,26 +13,25 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import FREE, require, setting
+from course.files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, SentimentExample, read_extra_rows, read_sentiment,
+                          write_predictions)
+from course.metrics import classification_metrics
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_sentiment
-from modules.classification import GPT2Classifier
+from flags import (FREE, FlagParser, require, require_extra_train, require_template, require_writable, setting,
+                   settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from models.classification import GPT2Classifier
 from modules.pooling import POOLING
 from training.checkpoints import seed_everything
-from training.course_files import (SENTIMENT_HEADER, SENTIMENT_NUM_LABELS, SentimentExample, read_extra_rows,
-                                   read_sentiment, write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
                                refuse_member_flags)
 from training.inference import predict
-from training.loop import train_and_restore_best
-from training.metrics import classification_metrics
-from training.model_setup import (apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for,
-                                  ulmfit_schedule)
+from training.loop import Task, train_and_restore_best
+from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
 from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import Run, plan_run
-from training.settings import (FlagParser, ScriptSettings, TrainSettings, require_extra_train, require_template,
-                               require_writable, settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.settings import SHARED_GROUPS, ScriptSettings
 from training.token_cache import cached_tokens
 
 # What the course's help text advises (its code defaults to lr 1e-3 in both modes and batch 8): the README's
@@ -48,8 +47,10 @@ PREDICTED = {"dev": "dev", "test": "test-student"}  # each prediction file's spl
 # With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
 # its settings.json): the files read and written. Its --dataset and --fine-tune-mode must agree with the runs.
 # An ensemble trains nothing: the runs' --extra_train files are not needed, and the command may not give any.
-ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir", "extra_train")}
-ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS, "task": ("data_dir", "predictions_dir", "dataset", "fine_tune_mode")}
+ENSEMBLE_FROM_COMMAND = {"model": RUNTIME_SETTINGS, "train": ("eval_batch_size",),
+                         "task": ("data_dir", "predictions_dir", "extra_train")}
+ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS, "train": ("eval_batch_size",),
+                  "task": ("data_dir", "predictions_dir", "dataset", "fine_tune_mode")}
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class ClassifierSettings(ClassificationObjective):
 @dataclass(frozen=True)
 class Settings(ScriptSettings):
     run: RunOrEnsembleSettings
-    task: ClassifierSettings  # with `train`'s lr and batch_size None meaning the course's (`resolved_training`)
+    task: ClassifierSettings  # `train`'s lr and batch_size are None until `dataset_settings` decides them
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,7 +133,7 @@ def build_parser() -> FlagParser:
         "strategy": {"skip": ("prefix_length",)},
         "run": {"helps": {"run_dir": "its DATASET subfolder holds each dataset's run "
                                      "(default: runs/{fine-tune-mode})"}},
-    })
+    }, last=SHARED_GROUPS)
 
 
 def get_settings(argv: list[str]) -> Settings:
@@ -140,16 +141,15 @@ def get_settings(argv: list[str]) -> Settings:
     return settings_from_flags(Settings, build_parser().parse_args(argv))
 
 
-def resolved_training(settings: Settings, dataset: str) -> TrainSettings:
-    """The training settings of one dataset: our defaults for the learning rate and batch size unless given,
-    and ULMFiT's own schedule. As in the course, CFIMDB after SST (--dataset both) keeps batch 8 whatever
+def dataset_settings(settings: Settings, dataset: str) -> Settings:
+    """The settings of one dataset's run, every default decided (`ScriptSettings.resolved`): our learning rate
+    and batch size unless given. As in the course, CFIMDB after SST (--dataset both) keeps batch 8 whatever
     --batch_size says: its reviews run up to 500 tokens, and SST's batch of them may not fit the GPU."""
-    train, given_batch = settings.train, settings.train.batch_size
+    train = settings.train
     if dataset == "cfimdb" and settings.task.dataset == "both":
-        given_batch = None
-    train = replace(train, lr=train.lr or DEFAULTS["lr"][settings.task.fine_tune_mode],
-                    batch_size=given_batch or DEFAULTS["batch_size"][dataset])
-    return ulmfit_schedule(train) if settings.strategy.ulmfit else train
+        train = replace(train, batch_size=None)
+    one = replace(settings, task=replace(settings.task, dataset=dataset), train=train)
+    return one.resolved(lr=DEFAULTS["lr"][settings.task.fine_tune_mode], batch_size=DEFAULTS["batch_size"][dataset])
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: ClassifierSettings, dataset: str) -> list[int]:
@@ -210,11 +210,11 @@ def sentence_logits(model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> to
     return model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)["logits"]
 
 
-def class_logits(model: GPT2Classifier, data: TokenizedDataset, train: TrainSettings, device: torch.device,
-                 precision: str, desc: str) -> torch.Tensor:
-    """The logits of every example of `data`, in order; in batches of four training batches (no gradients)."""
-    return predict(model, data.batches(4 * train.batch_size, shuffle=False), device, precision,
-                   lambda batch: sentence_logits(model, batch), len(data), desc)
+def class_logits(model: GPT2Classifier, data: TokenizedDataset, settings: Settings, device: torch.device,
+                 desc: str) -> torch.Tensor:
+    """The logits of every example of `data`, in order, in batches of --eval_batch_size (no gradients)."""
+    return predict(model, data.batches(settings.train.eval_batch_size, shuffle=False), device,
+                   settings.model.precision, lambda batch: sentence_logits(model, batch), len(data), desc)
 
 
 def dev_metrics(dev: TokenizedDataset, logits: torch.Tensor, num_labels: int) -> dict[str, float]:
@@ -232,11 +232,11 @@ def write_and_grade(task: ClassifierSettings, dataset: str, ids: dict[str, list[
     return evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"))
 
 
-def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[SentimentExample]], run: Run | None,
+def run_dataset(settings: Settings, examples: dict[str, list[SentimentExample]], run: Run | None,
                 tokenizer: PreTrainedTokenizerBase, words: list[int] | None, device: torch.device) -> dict[str, float]:
-    """Train on `dataset`'s `examples` (unless `run` is None), write its prediction files and grade the dev
-    file. `words` are the cloze label words' token ids."""
-    task, train = settings.task, resolved_training(settings, dataset)
+    """Train on the `examples` of the dataset of `settings` (`dataset_settings`) unless `run` is None, write its
+    prediction files and grade the dev file. `words` are the cloze label words' token ids."""
+    task, train, dataset = settings.task, settings.train, settings.task.dataset
     seed_everything(train.seed)
     num_labels = SENTIMENT_NUM_LABELS[dataset]
     model = build_model(settings, dataset, words).to(device)
@@ -245,21 +245,20 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
     train_data, dev = data["train"], data["dev"]
     print(f"{dataset}: {len(train_data)} train, {len(dev)} dev, {len(data['test-student'])} test; "
           f"{count_parameters(model)}")
-    precision = settings.model.precision
 
     def evaluate() -> dict[str, float]:
-        return dev_metrics(dev, class_logits(model, dev, train, device, precision, f"{dataset} dev"), num_labels)
+        return dev_metrics(dev, class_logits(model, dev, settings, device, f"{dataset} dev"), num_labels)
 
     if run is not None:
         num_layers = model.gpt.config.num_hidden_layers
-        train_and_restore_best(
-            model, run, train, precision, num_layers, EpochBatches(train_data, train.batch_size, train.seed),
-            loss_fn=lambda batch: classification_loss(model, batch, task),
-            evaluate=evaluate,
-            on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
+        unfreeze = gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None
+        train_and_restore_best(model, run, train, settings.model.precision, num_layers,
+                               EpochBatches(train_data, train.batch_size, train.seed),
+                               Task(lambda batch: classification_loss(model, batch, task), evaluate,
+                                    on_epoch_start=unfreeze))
 
-    labels = {split: class_logits(model, data[source], train, device, precision, f"{dataset} {split}")
-              .argmax(-1).tolist() for split, source in PREDICTED.items()}
+    labels = {split: class_logits(model, data[source], settings, device, f"{dataset} {split}").argmax(-1).tolist()
+              for split, source in PREDICTED.items()}
     results = write_and_grade(task, dataset, {split: data[source].ids for split, source in PREDICTED.items()}, labels)
     majority = max(set(train_data.labels), key=train_data.labels.count)
     baseline = sum(label == majority for label in dev.labels) / len(dev)
@@ -268,16 +267,16 @@ def run_dataset(settings: Settings, dataset: str, examples: dict[str, list[Senti
     return results
 
 
-def plan_dataset_run(settings: Settings, dataset: str, command: list[str], device: torch.device) -> Run | None:
-    """Where and how `dataset` trains (None without training); refused at start-up, before any dataset trains."""
+def plan_dataset_run(settings: Settings, command: list[str], device: torch.device) -> Run | None:
+    """Where and how the dataset of `settings` (`dataset_settings`) trains (None without training); refused at
+    start-up, before any dataset trains."""
     if settings.train.epochs == 0:
         return None
-    task = settings.task
-    resolved = replace(settings, task=replace(task, dataset=dataset), train=resolved_training(settings, dataset))
+    task, dataset = settings.task, settings.task.dataset
     directory = (settings.run.run_dir or Path("runs") / task.fine_tune_mode) / dataset
     data = {f"--data_dir ({split})": task.data_file(dataset, split) for split in ("train", "dev")}
     data |= {f"--extra_train ({path})": path for path in task.extra_train}
-    return plan_run(resolved, directory, task_name(dataset), data, command, device)
+    return plan_run(settings, directory, task_name(dataset), data, command, device)
 
 
 # -----------------------------------------------------------------------------
@@ -313,35 +312,35 @@ def vote_of(member: Member, dataset: str, examples: dict[str, list[SentimentExam
             vote: Vote) -> None:
     """Add one run's logits on dev and test to `vote`, the run as it trained: its tokenizer, prompt, model
     and best checkpoint. Its model is freed on return, before the next run's is built."""
-    settings = member.settings
+    settings = dataset_settings(member.settings, dataset)
     tokenizer = tokenizer_for(settings.model)
     model = build_model(settings, dataset, cloze_words(tokenizer, settings.task, dataset)).to(device)
     best_epoch = load_best(model, member, device)
-    max_len, train = model.gpt.config.max_position_embeddings, resolved_training(settings, dataset)
+    max_len = model.gpt.config.max_position_embeddings
     logits, data = {}, {}
     for split, source in PREDICTED.items():
         data[split] = tokenized(settings.task, dataset, source, examples[source], tokenizer, max_len)
-        logits[split] = class_logits(model, data[split], train, device, settings.model.precision,
-                                     f"{member.directory} {split}")
+        logits[split] = class_logits(model, data[split], settings, device, f"{member.directory} {split}")
     vote.add(member, best_epoch, logits, dev_metrics(data["dev"], logits["dev"], SENTIMENT_NUM_LABELS[dataset]))
 
 
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("classifier.py"):
-        settings = get_settings(argv)
-        members = ensemble_members(settings) if settings.run.ensemble else []
-        datasets = [members[0].settings.task.dataset] if members else settings.task.datasets
-        examples = {dataset: read_dataset(settings, dataset) for dataset in datasets}
-        device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
-        if members:
-            run_ensemble(settings, members, examples[datasets[0]], device, ["classifier.py", *argv])
+        settings, command = get_settings(argv), ["classifier.py", *argv]
+        if settings.run.ensemble:
+            members = ensemble_members(settings)
+            examples = read_dataset(settings, members[0].settings.task.dataset)
+            device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
+            run_ensemble(settings, members, examples, device, command)
             return
-        runs = {dataset: plan_dataset_run(settings, dataset, ["classifier.py", *argv], device)
-                for dataset in settings.task.datasets}
+        per_dataset = {dataset: dataset_settings(settings, dataset) for dataset in settings.task.datasets}
+        examples = {dataset: read_dataset(one, dataset) for dataset, one in per_dataset.items()}
+        device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
+        runs = {dataset: plan_dataset_run(one, command, device) for dataset, one in per_dataset.items()}
         tokenizer = tokenizer_for(settings.model)
         words = {dataset: cloze_words(tokenizer, settings.task, dataset) for dataset in runs}
         for dataset, run in runs.items():
-            run_dataset(settings, dataset, examples[dataset], run, tokenizer, words[dataset], device)
+            run_dataset(per_dataset[dataset], examples[dataset], run, tokenizer, words[dataset], device)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""GPT-2's configuration and the four published sizes; and how every setting of the project is declared
-(`setting`), checked (`require`, `require_range`) and refused (`UserError`)."""
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+"""GPT-2's configuration and the four published sizes."""
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from flags import UserError
 
 END_OF_TEXT_ID = 50256
 YES_ID, NO_ID = 8505, 3919  # GPT-2's tokens "yes" and "no": the course's paraphrase answers
@@ -114,70 +114,3 @@ class GPT2Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# -----------------------------------------------------------------------------
-# settings: dataclass fields that are also command-line flags
-
-# What `--resume` does when a setting differs from the one a run recorded.
-FIXED = "fixed"  # refuse: the setting decides the training trajectory
-ADJUSTABLE = "adjustable"  # apply it from the resume point on, and log the change
-FREE = "free"  # accept: it does not touch training (output paths, decoding, speed switches)
-
-
-class UserError(ValueError):
-    """Something a user handed in is not allowed. The scripts print the message as one line and exit with
-    status 2, without a traceback: the message names the flag or file, the value, and what is allowed."""
-
-
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-            aliases: tuple[str, ...] = (), on_resume: str = FIXED, changes_results: bool | None = None) -> Any:
-    """A dataclass field that the scripts expose as the flag `--{name}` (or `flag`, plus `aliases`).
-    `changes_results`: whether runs that differ in it are compared as different settings (see
-    training/compare.py); by default those that --resume may change freely do not (paths, speed switches)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "aliases": aliases,
-                                            "on_resume": on_resume,
-                                            "changes_results": on_resume != FREE if changes_results is None
-                                            else changes_results})
-
-
-def flag_of(settings: Any, name: str) -> str:
-    """The command-line flag of field `name` of a settings dataclass."""
-    spec = next(f for f in fields(settings) if f.name == name)
-    return spec.metadata.get("flag") or f"--{name}"
-
-
-def shown(value: Any) -> str:
-    """A setting's value as a message shows it."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple):  # a flag of several values, as typed
-        return " ".join(map(shown, value))
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def require(settings: Any, name: str, ok: bool, allowed: str) -> None:
-    """Refuse field `name` of `settings` unless `ok`: "--flag value: allowed" (a switch shows no value)."""
-    if ok:
-        return
-    value = getattr(settings, name)
-    value_text = "" if isinstance(value, bool) else f" {shown(value)}"
-    raise UserError(f"{flag_of(settings, name)}{value_text}: {allowed}")
-
-
-def require_range(settings: Any, name: str, low: float = -math.inf, high: float = math.inf, *,
-                  low_open: bool = False, high_open: bool = False, note: str = "") -> None:
-    """Refuse field `name` unless it is a finite number between `low` and `high` (each end included unless
-    open). None, where a field allows it, means "the default" and is not checked."""
-    value = getattr(settings, name)
-    if value is None:
-        return
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if low == -math.inf and high == math.inf:
-        allowed = "must be a finite number"
-    elif high == math.inf:
-        allowed = f"must be {'greater than' if low_open else 'at least'} {shown(low)}"
-    else:
-        allowed = f"must be in {'(' if low_open else '['}{shown(low)}, {shown(high)}{')' if high_open else ']'}"
-    require(settings, name, math.isfinite(value) and above and below, allowed + (f" ({note})" if note else ""))

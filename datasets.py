@@ -1,18 +1,34 @@
 """Prompts, tokenising and batching for the course's tasks. Each dataset is tokenised once; the files
-themselves are read by `training.course_files`."""
+themselves are read by `course.files`, whose examples these functions take as they are (`Sentence`,
+`SentencePair`), without importing it: the model's side of the project does not reach up into the course's."""
 import random
 import string
 import warnings
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from config import END_OF_TEXT_ID, UserError
-from training.course_files import ParaphraseExample, SentimentExample
+from config import END_OF_TEXT_ID
+from flags import UserError
 
 Item = TypeVar("Item")
+
+
+class Sentence(Protocol):
+    """A sentiment example (`course.files.SentimentExample`)."""
+    id: str
+    sentence: str
+    label: int | None
+
+
+class SentencePair(Protocol):
+    """A paraphrase example (`course.files.ParaphraseExample`)."""
+    id: str
+    sentence1: str
+    sentence2: str
+    label: int | None
 
 # Every batch built here (`pad_to_longest`, `TokenizedDataset.batches`, `EpochBatches`) is right-padded: pass
 # this as GPT2Model's `padding`, so the model need not read the mask on the device to find out.
@@ -115,7 +131,7 @@ class EpochBatches:
         return -(-len(self.data) // self.batch_size)  # every window but the last holds whole batches
 
 
-def tokenize_sentiment(examples: list[SentimentExample], tokenizer: PreTrainedTokenizerBase, template: str,
+def tokenize_sentiment(examples: list[Sentence], tokenizer: PreTrainedTokenizerBase, template: str,
                        max_len: int, source: str) -> TokenizedDataset:
     tokens, cut = [], 0
     for example in examples:
@@ -128,7 +144,7 @@ def tokenize_sentiment(examples: list[SentimentExample], tokenizer: PreTrainedTo
     return TokenizedDataset([example.id for example in examples], tokens, labels)
 
 
-def tokenize_paraphrase(examples: list[ParaphraseExample], tokenizer: PreTrainedTokenizerBase, template: str,
+def tokenize_paraphrase(examples: list[SentencePair], tokenizer: PreTrainedTokenizerBase, template: str,
                         max_len: int, source: str, symmetric: bool = False) -> TokenizedDataset:
     """Each pair in `template` (fields {s1} and {s2}); with `symmetric`, also with the two swapped."""
     orders = [("sentence1", "sentence2"), ("sentence2", "sentence1")] if symmetric else [("sentence1", "sentence2")]

@@ -1,6 +1,6 @@
 """The grading command: scores prediction files against the course's labelled files, and generated sonnets
-against gold ones. The file formats are described in `training/course_files.py`, the metrics live in
-`training/metrics.py`.
+against gold ones. The file formats are described in `course/files.py`, the metrics live in
+`course/metrics.py`.
 
     python evaluation.py grade PREDICTIONS GOLD [--label-column NAME]
     python evaluation.py sonnets GENERATED GOLD
@@ -10,11 +10,10 @@ import json
 import os
 from collections.abc import Sequence
 
-from config import UserError
-from training.course_files import (PARAPHRASE_ANSWERS, normalise_label, paraphrase_labels, read_gold, read_predictions,
-                                   read_sonnets, some_of)
-from training.metrics import classification_metrics, label_order, sonnet_metrics
-from training.settings import FlagParser, user_errors_end_in_one_line
+from course.files import PARAPHRASE_ANSWERS, normalise_label, paraphrase_labels, read_gold, read_predictions, some_of
+from course.metrics import classification_metrics, label_order, sonnet_metrics
+from course.sonnets import read_sonnets
+from flags import FlagParser, UserError, user_errors_end_in_one_line
 
 # -----------------------------------------------------------------------------
 # grading

@@ -1,6 +1,6 @@
 """Experiments over the task scripts: a sweep of flag values and seeds (or an Optuna search) from a spec file,
 each run in a directory of its own, and the comparison table of finished runs. The spec format is described
-in training/sweep.py.
+in tools/sweep.py.
 
     python experiments.py sweep SPEC.toml [--dir DIR]
     python experiments.py compare DIR [DIR ...] [--csv FILE] [--plot FILE]
@@ -10,9 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.compare import CompareSettings, find_runs
-from training.settings import FlagParser, add_flags, from_flags, user_errors_end_in_one_line
-from training.sweep import SweepStopped, load_spec, run_sweep, show_comparison
+from flags import FlagParser, add_flags, from_flags, user_errors_end_in_one_line
+from tools.compare import CompareSettings, find_runs
+from tools.launch import SweepStopped
+from tools.sweep import run_sweep, show_comparison
+from tools.sweep_spec import load_spec
 
 PROG = "experiments.py"
 

@@ -6,7 +6,7 @@ language-model head; train, keep the best dev epoch, write the course's predicti
 import json
 import random
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +14,26 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import FREE, NO_ID, YES_ID, UserError, require, require_range, setting
+from config import NO_ID, YES_ID
+from course.files import PARAPHRASE_HEADER, ParaphraseExample, read_extra_rows, read_paraphrase, write_predictions
+from course.metrics import classification_metrics
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
-from modules.classification import GPT2Classifier
+from flags import (FREE, FlagParser, UserError, require, require_extra_train, require_input_file, require_range,
+                   require_template, require_writable, setting, settings_from_flags, settings_parser,
+                   user_errors_end_in_one_line)
+from models.classification import GPT2Classifier
 from modules.pooling import POOLING
 from training.checkpoints import seed_everything
-from training.course_files import (PARAPHRASE_HEADER, ParaphraseExample, read_extra_rows, read_paraphrase,
-                                   write_predictions)
 from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
                                refuse_member_flags)
 from training.inference import predict
-from training.loop import train_and_restore_best
-from training.metrics import classification_metrics
-from training.model_setup import (apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for,
-                                  ulmfit_schedule)
+from training.loop import Task, train_and_restore_best
+from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
 from training.objectives import ClassificationObjective, classification_loss
 from training.run_dir import plan_run, sha256
-from training.settings import (FlagParser, ScriptSettings, require_extra_train, require_input_file, require_template,
-                               require_writable, settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from training.settings import SHARED_GROUPS, ScriptSettings
 from training.token_cache import cached_tokens
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
@@ -42,8 +42,8 @@ FULL_QUORA_PAIRS = 283_003  # the course's training set, for the projected epoch
 TASK = "paraphrase"  # as checkpoints and settings.json name it
 # With --ensemble, what the command decides for every run besides how it runs (the rest is each run's own, from
 # its settings.json): the files read and written, and the scoring batch.
-ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS,
-                  "task": ("para_train", "para_dev", "para_test", "para_dev_out", "para_test_out", "eval_batch_size")}
+ENSEMBLE_FLAGS = {"model": RUNTIME_SETTINGS, "train": ("eval_batch_size",),
+                  "task": ("para_train", "para_dev", "para_test", "para_dev_out", "para_test_out")}
 # An ensemble trains nothing: the runs' --extra_train files are not needed, and the command may not give any.
 ENSEMBLE_FROM_COMMAND = {**ENSEMBLE_FLAGS, "task": (*ENSEMBLE_FLAGS["task"], "extra_train")}
 
@@ -58,7 +58,6 @@ class ParaphraseSettings(ClassificationObjective):
     para_dev_out: Path = setting(Path("predictions/para-dev-output.csv"), "dev predictions file", on_resume=FREE)
     para_test_out: Path = setting(Path("predictions/para-test-output.csv"), "test predictions file",
                                   on_resume=FREE)
-    eval_batch_size: int = setting(128, "pairs per batch when scoring dev and test", on_resume=FREE)
     head: str = setting("cloze", "cloze: yes/no logits of the language-model head; else a linear head on this "
                                  "pooling of the hidden states", choices=("cloze", *POOLING))
     prompt: str = setting(PROMPT, "template with fields {s1} and {s2}")
@@ -73,7 +72,6 @@ class ParaphraseSettings(ClassificationObjective):
             require_input_file(self, name)
         for name in ("para_dev_out", "para_test_out"):
             require_writable(self, name)
-        require_range(self, "eval_batch_size", 1)
         require_template(self, "prompt", {"s1", "s2"})
         require_range(self, "k_shot", 0, note="0 turns it off")
         require_extra_train(self)
@@ -94,7 +92,7 @@ def build_parser() -> FlagParser:
     return settings_parser(Settings, "paraphrase_detection.py", __doc__, {
         "strategy": {"skip": ("prefix_length",)},
         "run": {"helps": {"run_dir": "the run's directory (default: runs/paraphrase)"}},
-    })
+    }, last=SHARED_GROUPS)
 
 
 def get_settings(argv: list[str]) -> Settings:
@@ -147,14 +145,16 @@ def tokenized(task: ParaphraseSettings, examples: list[ParaphraseExample], path:
     return cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
 
 
-def pair_logits(model: GPT2Classifier, data: TokenizedDataset, task: ParaphraseSettings, device: torch.device,
-                precision: str, desc: str) -> torch.Tensor:
-    """The [no, yes] logits of every pair of `data`, in order (with --symmetric, averaged over both orders)."""
+def pair_logits(model: GPT2Classifier, data: TokenizedDataset, settings: Settings, device: torch.device,
+                desc: str) -> torch.Tensor:
+    """The [no, yes] logits of every pair of `data`, in order (with --symmetric, averaged over both orders), in
+    batches of --eval_batch_size."""
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(batch["input_ids"], batch["attention_mask"], padding=BATCH_PADDING)
-        return combine_orders(out["logits"], task.symmetric)
+        return combine_orders(out["logits"], settings.task.symmetric)
 
-    return predict(model, data.batches(task.eval_batch_size, shuffle=False), device, precision, logits, len(data), desc)
+    return predict(model, data.batches(settings.train.eval_batch_size, shuffle=False), device,
+                   settings.model.precision, logits, len(data), desc)
 
 
 def dev_metrics(dev: TokenizedDataset, logits: torch.Tensor) -> dict[str, float]:
@@ -175,8 +175,8 @@ def write_and_grade(task: ParaphraseSettings, ids: dict[str, list[str]],
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("paraphrase_detection.py"):
         settings = get_settings(argv)
-        if settings.strategy.ulmfit:
-            settings = replace(settings, train=ulmfit_schedule(settings.train))
+        if not settings.run.ensemble:  # an ensemble's runs decide their own
+            settings = settings.resolved()
         task, train = settings.task, settings.train
         members = ensemble_members(settings) if settings.run.ensemble else []
         train_examples = read_paraphrase(task.para_train)
@@ -204,20 +204,20 @@ def main(argv: list[str]) -> None:
         train_data, dev, test = (tokenized(task, pairs, path, tokenizer, template, max_len) for pairs, path in (
             (train_examples, task.para_train), (examples["dev"], task.para_dev), (examples["test"], task.para_test)))
         print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")
-        precision = settings.model.precision
 
         def evaluate() -> dict[str, float]:
-            return dev_metrics(dev, pair_logits(model, dev, task, device, precision, "dev"))
+            return dev_metrics(dev, pair_logits(model, dev, settings, device, "dev"))
 
         if run is not None:
             batches = EpochBatches(train_data, train.batch_size, train.seed)
             padding = padding_fraction(batches(0))
             num_layers = model.gpt.config.num_hidden_layers
-            log = train_and_restore_best(
-                model, run, train, precision, num_layers, batches, lambda batch: paraphrase_loss(model, batch, task),
-                evaluate, on_epoch_start=gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None)
+            unfreeze = gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None
+            log = train_and_restore_best(model, run, train, settings.model.precision, num_layers, batches,
+                                         Task(lambda batch: paraphrase_loss(model, batch, task), evaluate,
+                                              on_epoch_start=unfreeze))
             report_speed(log.records, train_data, padding)
-        labels = {split: pair_logits(model, data, task, device, precision, path.name).argmax(-1).tolist()
+        labels = {split: pair_logits(model, data, settings, device, path.name).argmax(-1).tolist()
                   for split, data, path in (("dev", dev, task.para_dev_out), ("test", test, task.para_test_out))}
         results = write_and_grade(task, {"dev": dev.ids, "test": test.ids}, labels)
         majority = sum(label == 0 for label in dev.labels) / len(dev)
@@ -273,7 +273,8 @@ def vote_of(member: Member, train_examples: list[ParaphraseExample], examples: d
             device: torch.device, vote: Vote) -> None:
     """Add one run's logits on dev and test to `vote`, the run as it trained: its tokenizer, prompt (with its
     own demonstrations), model and best checkpoint. Its model is freed on return, before the next run's is built."""
-    settings, task = member.settings, member.settings.task
+    settings = member.settings.resolved()
+    task = settings.task
     tokenizer = tokenizer_for(settings.model)
     model = build_model(settings).to(device)
     best_epoch = load_best(model, member, device)
@@ -282,8 +283,7 @@ def vote_of(member: Member, train_examples: list[ParaphraseExample], examples: d
     logits, data = {}, {}
     for split, path in (("dev", task.para_dev), ("test", task.para_test)):
         data[split] = tokenized(task, examples[split], path, tokenizer, template, max_len)
-        logits[split] = pair_logits(model, data[split], task, device, settings.model.precision,
-                                    f"{member.directory} {split}")
+        logits[split] = pair_logits(model, data[split], settings, device, f"{member.directory} {split}")
     vote.add(member, best_epoch, logits, dev_metrics(data["dev"], logits["dev"]))
 
 

@@ -1,24 +1,24 @@
-"""Hand in: check every prediction file against the input file it answers (`training/hand_in.py`), and only
+"""Hand in: check every prediction file against the input file it answers (`course/hand_in.py`), and only
 when all of them pass, zip the code and the predictions for the course's submission.
 
     python prepare_submit.py [--predictions_dir predictions] [--data_dir data]
                              [--out cs224n_default_final_project_submission.zip]
 
-The zip holds every top-level .py file, models/, modules/ and training/ (without __pycache__ or .pyc files),
-and the predictions folder's files as predictions/NAME, where the course's grader reads them.
+The zip holds every top-level .py file, the code folders (course/, models/, modules/, tools/, training/; without
+__pycache__ or .pyc files), and the predictions folder's files as predictions/NAME, where the course's grader
+reads them.
 """
 import argparse
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import UserError
-from training.course_files import atomically
-from training.hand_in import check_predictions
-from training.settings import FlagParser, user_errors_end_in_one_line
+from course.files import atomically
+from course.hand_in import check_predictions
+from flags import FlagParser, UserError, user_errors_end_in_one_line
 
 ROOT = Path(__file__).resolve().parent
-CODE_FOLDERS = ("models", "modules", "training")
+CODE_FOLDERS = ("course", "models", "modules", "tools", "training")
 
 
 def submission_files(root: Path, predictions_dir: Path) -> dict[str, Path]:

@@ -12,21 +12,22 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
-from config import END_OF_TEXT_ID, FREE, UserError, require, require_range, setting
+from config import END_OF_TEXT_ID
+from course.metrics import mbr_select, sonnet_metrics
+from course.sonnets import read_sonnets, write_sonnets
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
+from flags import (FREE, FlagParser, UserError, require, require_input_file, require_range, require_writable, setting,
+                   settings_from_flags, settings_parser, user_errors_end_in_one_line)
 from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss, unlikelihood_loss
 from training.checkpoints import seed_everything
-from training.course_files import read_sonnets, write_sonnets
 from training.device import autocast, choose_device, to_device
 from training.distributed import all_reduce_sum, gather_objects, items_for_this_process, write_on_main
-from training.loop import train_and_restore_best
-from training.metrics import mbr_select, sonnet_metrics
+from training.loop import Task, train_and_restore_best
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
 from training.run_dir import plan_run
-from training.settings import (FlagParser, ScriptSettings, require_input_file, require_writable, settings_from_flags,
-                               settings_parser, user_errors_end_in_one_line)
+from training.settings import SHARED_GROUPS, ScriptSettings
 
 SONNET_LINES = 14
 PROMPT_LINES = 3  # a held-out sonnet gives its first 3 lines
@@ -88,7 +89,7 @@ def build_parser() -> FlagParser:
         "train": {"defaults": {"keep_best": 3}},
         "strategy": {"skip": ("ulmfit",)},
         "run": {"helps": {"run_dir": "the run's directory (default: runs/sonnets)"}},
-    })
+    }, last=SHARED_GROUPS)
 
 
 def get_settings(argv: list[str]) -> Settings:
@@ -213,7 +214,7 @@ def sonnet_loss(model: GPT2Model, batch: dict[str, torch.Tensor], unlikelihood: 
 
 def main(argv: list[str]) -> None:
     with user_errors_end_in_one_line("sonnet_generation.py"):
-        settings = get_settings(argv)
+        settings = get_settings(argv).resolved()
         task, train = settings.task, settings.train
         dev_prompts, gold = read_dev_sonnets(task)
         sonnets = dict(seeded_sample(list(read_sonnets(task.sonnet_path).items()), train.train_limit, train.seed))
@@ -242,19 +243,19 @@ def main(argv: list[str]) -> None:
             model.eval()
             metrics = sonnet_metrics(writer.complete(dev_prompts), gold)
             return {"chrf": metrics["chrf"],
-                    "perplexity": perplexity(model, gold_dev, train.batch_size, precision, device),
+                    "perplexity": perplexity(model, gold_dev, train.eval_batch_size, precision, device),
                     "rhyme_accuracy": metrics["rhyme_accuracy"], "distinct_2": metrics["distinct_2"]}
 
         if run is not None:
             train_and_restore_best(model, run, train, precision, model.config.num_hidden_layers,
                                    EpochBatches(train_data, train.batch_size, train.seed),
-                                   lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate, metric="chrf")
+                                   Task(lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate, "chrf"))
         model.eval()
         outputs = {task.sonnet_dev_out.resolve(): dev_prompts, task.sonnet_out.resolve(): test_prompts}
         for path, prompts in outputs.items():  # one file if both name it (see SonnetSettings)
             write_on_main(write_sonnets, path, writer.complete(prompts))
         metrics = evaluation.grade_sonnets(task.sonnet_dev_out, task.gold_dev_path)
-        metrics["perplexity"] = perplexity(model, gold_dev, train.batch_size, precision, device)
+        metrics["perplexity"] = perplexity(model, gold_dev, train.eval_batch_size, precision, device)
         print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from config import GPT2Config, UserError
+from config import GPT2Config
+from flags import UserError
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # Old checkpoints store the causal mask as a buffer, and the LM head is tied to the token embedding.

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from transformers import GPT2Tokenizer, PreTrainedTokenizerBase
 
-from config import UserError
+from flags import UserError
 from models.hf_checkpoint import AGAIN, read_json
 
 # `bash setup.sh` copies the BPE files here from ../shared/gpt2-tokenizer when they are present.

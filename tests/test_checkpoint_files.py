@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import classifier
-from config import UserError
+from flags import UserError
 from models.gpt2 import GPT2Model
 from models.tokenizer import PROJECT_TOKENIZER, load_tokenizer
 from training.checkpoints import checkpoint_identity, load_checkpoint, save_checkpoint

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import classifier
-from config import UserError
-from training import compare
+from flags import UserError
+from tools import compare
 
 LRS, SEEDS = ("0.0001", "0.001"), (1, 2)  # the order of their run directories
 

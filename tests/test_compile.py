@@ -8,10 +8,10 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from config import GPT2Config
 from models.gpt2 import GPT2Model, mark_lengths_dynamic
 from modules.gpt2_layer import GPT2Layer
 from modules.lora import LORA_TARGETS, apply_lora
+from tests.conftest import tiny_config, tiny_gpt2
 
 IMPLEMENTATIONS = ["sdpa", "eager"]
 LENGTHS = [7, 11, 16, 23, 31, 40]  # six sequence lengths, as batches sorted by length would bring
@@ -41,16 +41,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def tiny_config(implementation: str = "sdpa") -> GPT2Config:
-    return GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-                      attn_implementation=implementation, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-
-
-def tiny_model(implementation: str = "sdpa") -> GPT2Model:
-    torch.manual_seed(0)
-    return GPT2Model(tiny_config(implementation))
-
-
 def padded_batch(length: int, left: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Three rows, the longest `length` tokens, the others shorter; right-padded unless `left`."""
     generator = torch.Generator().manual_seed(seed + length)
@@ -77,7 +67,7 @@ def assert_no_graph_break() -> None:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_a_layer_compiles_whole_once_per_mode_and_kind_of_mask(implementation):
     torch.manual_seed(0)
-    layer = GPT2Layer(tiny_config(implementation))
+    layer = GPT2Layer(tiny_config(attn_implementation=implementation))
     backend = CountingBackend()
     compiled = torch.compile(layer, backend=backend, fullgraph=True)  # fullgraph: a graph break raises
     compiles = {}
@@ -105,7 +95,7 @@ def test_automatic_dynamic_shapes_compile_a_layer_at_most_twice(implementation):
     """Without marking the lengths dynamic, dynamo compiles the first shape as it is and the second one with
     symbolic sizes; that second graph must hold whole too (`is_causal` is no symbolic bool)."""
     torch.manual_seed(0)
-    layer = GPT2Layer(tiny_config(implementation)).eval()
+    layer = GPT2Layer(tiny_config(attn_implementation=implementation)).eval()
     backend = CountingBackend()
     compiled = torch.compile(layer, backend=backend, fullgraph=True)
     with torch.no_grad():
@@ -139,7 +129,7 @@ def train_and_score(model: GPT2Model, padding: str | None, seed: int = 0) -> tup
 @pytest.mark.parametrize("padding", ["right", None])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_compiled_layers_serve_training_and_scoring_with_one_graph_each(padding, checkpointing):
-    model = tiny_model()
+    model = tiny_gpt2()
     eager = copy.deepcopy(model)
     model.activation_checkpointing = eager.activation_checkpointing = checkpointing
     backend = CountingBackend()
@@ -155,10 +145,11 @@ def test_compiled_layers_serve_training_and_scoring_with_one_graph_each(padding,
     torch.testing.assert_close(scores, eager_scores, atol=1e-5, rtol=0)
     assert grads.keys() == eager_grads.keys()
     torch.testing.assert_close(grads, eager_grads, atol=1e-5, rtol=1e-4)
+    assert list(model.state_dict()) == list(eager.state_dict())  # the compiled layers save under their own names
 
 
 def test_left_padded_scoring_adds_one_graph_and_matches_eager():
-    model = tiny_model().eval()
+    model = tiny_gpt2().eval()
     backend = CountingBackend()
     model.compile_layers(backend=backend, fullgraph=True)
     with torch.no_grad():
@@ -174,7 +165,7 @@ def test_left_padded_scoring_adds_one_graph_and_matches_eager():
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_lora_and_dora_layers_compile_whole(dora):
-    model = tiny_model()
+    model = tiny_gpt2()
     apply_lora(model, LORA_TARGETS, rank=4, dora=dora)
     backend = CountingBackend()
     model.compile_layers(backend=backend, fullgraph=True)
@@ -186,7 +177,7 @@ def test_lora_and_dora_layers_compile_whole(dora):
 
 
 def test_cached_decoding_stays_eager():
-    model = tiny_model().eval()
+    model = tiny_gpt2().eval()
     backend = CountingBackend()
     model.compile_layers(backend=backend, fullgraph=True)
     ids, mask = padded_batch(9, left=True)

@@ -13,9 +13,8 @@ import torch
 import classifier
 import paraphrase_detection
 import sonnet_generation
-from tests.conftest import save_hf_gpt2
+from course.sonnets import read_sonnets
 from training.checkpoints import rng_state, seed_everything, set_rng_state
-from training.course_files import read_sonnets
 from training.device import choose_device
 
 
@@ -33,14 +32,14 @@ def course_argv(command: str) -> list[str]:
 def test_classifier_commands_mean_what_the_course_means(command, lr, sst_batch):
     settings = classifier.get_settings(course_argv(command))
     assert settings.task.dataset == "both" and settings.model.use_gpu
-    sst, cfimdb = (classifier.resolved_training(settings, dataset) for dataset in ("sst", "cfimdb"))
+    sst, cfimdb = (classifier.dataset_settings(settings, dataset).train for dataset in ("sst", "cfimdb"))
     assert (sst.lr, sst.batch_size) == (lr, sst_batch)
     assert (cfimdb.lr, cfimdb.batch_size) == (lr, 8)  # the course keeps CFIMDB at 8 whatever --batch_size says
     if "--hidden_dropout_prob" in command:
         assert settings.task.head_dropout == 0.1  # the course's dropout before the head
         assert (settings.train.epochs, settings.train.seed) == (5, 1234)
     one = classifier.get_settings(course_argv(command) + ["--dataset", "cfimdb"])
-    assert classifier.resolved_training(one, "cfimdb").batch_size == (32 if "--batch_size" in command else 8)
+    assert classifier.dataset_settings(one, "cfimdb").train.batch_size == (32 if "--batch_size" in command else 8)
 
 
 def test_paraphrase_command_means_what_the_course_means():
@@ -81,14 +80,12 @@ def test_the_test_sonnets_never_replace_the_dev_sonnets(capsys):
         "data/sonnets_held_out.txt need a file of their own\n")
 
 
-def test_the_course_dev_command_writes_the_dev_sonnets_once(tmp_path, monkeypatch):
-    checkpoint = tmp_path / "checkpoint"
-    save_hf_gpt2(checkpoint, n_embd=32, n_layer=2, n_head=2, n_positions=256)
+def test_the_course_dev_command_writes_the_dev_sonnets_once(tmp_path, monkeypatch, long_context_checkpoint):
     written, write = [], sonnet_generation.write_sonnets
     monkeypatch.setattr(sonnet_generation, "write_sonnets", lambda path, sonnets: (written.append(path),
                                                                                  write(path, sonnets)))
     dev_out = tmp_path / "generated_sonnets_dev.txt"
-    sonnet_generation.main(["--model_path", str(checkpoint), "--epochs", "0", "--max_new_tokens", "4",
+    sonnet_generation.main(["--model_path", str(long_context_checkpoint), "--epochs", "0", "--max_new_tokens", "4",
                             "--held_out_sonnet_path", "data/sonnets_held_out_dev.txt", "--sonnet_out", str(dev_out),
                             "--sonnet_dev_out", str(dev_out)])
     assert written == [dev_out.resolve()]

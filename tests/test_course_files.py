@@ -15,9 +15,10 @@ import classifier
 import evaluation
 import paraphrase_detection
 import sonnet_generation
-from config import UserError
-from training.course_files import (SENTIMENT_HEADER, read_gold, read_paraphrase, read_predictions, read_sentiment,
-                                   read_sonnets, write_predictions, write_sonnets)
+from course.files import (SENTIMENT_HEADER, read_gold, read_paraphrase, read_predictions, read_sentiment,
+                          write_predictions)
+from course.sonnets import read_sonnets, write_sonnets
+from flags import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-from config import UserError
-from datasets import (EpochBatches, TokenizedDataset, batch_indices, encode_prompt, pad_to_longest,
-                      tokenize_sentiment)
+from course.files import read_sentiment
+from datasets import EpochBatches, TokenizedDataset, batch_indices, encode_prompt, pad_to_longest, tokenize_sentiment
+from flags import UserError
 from models.tokenizer import load_tokenizer
-from training.course_files import read_sentiment
 
 
 def test_prompt_tokenises_like_the_whole_string():

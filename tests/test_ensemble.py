@@ -10,9 +10,9 @@ import pytest
 import classifier
 import evaluation
 import paraphrase_detection as para
+from course.files import read_paraphrase, read_predictions, read_sentiment
 from models.gpt2 import GPT2Model
 from tests.test_settings import refusal
-from training.course_files import read_paraphrase, read_predictions, read_sentiment
 
 SPLITS = ("train", "dev", "test-student")
 ROWS = 80  # of each course file: every class, and quick to score

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from course.files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold, read_predictions, write_predictions
+from course.metrics import classification_metrics
 from evaluation import grade, main
-from config import UserError
-from training.course_files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold, read_predictions, write_predictions
-from training.metrics import classification_metrics
+from flags import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,17 +237,16 @@ def test_cli_fails_with_a_one_line_error_and_no_traceback(tmp_path, sst_gold):
     assert "p.csv, line 3: no comma" in run.stderr
 
 
-def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path):
+def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path, capsys):
     gold_path = ROOT / "data" / "ids-sst-dev.csv"
     if not gold_path.exists():
         pytest.skip("course data not in data/")
     gold = read_gold(gold_path)[0]
     preds = tmp_path / "sst-dev-output.csv"
     write_predictions(preds, list(gold), list(gold.values()), SENTIMENT_HEADER)
-    run = subprocess.run([sys.executable, "evaluation.py", "grade", str(preds), str(gold_path)],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert f"examples   {len(gold)}" in run.stdout and "accuracy   1.0000" in run.stdout
+    main(["grade", str(preds), str(gold_path)])
+    out = capsys.readouterr().out
+    assert f"examples   {len(gold)}" in out and "accuracy   1.0000" in out
 
 
 def test_grade_refuses_a_prediction_outside_the_gold_label_set(tmp_path, sst_gold, capsys):

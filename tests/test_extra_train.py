@@ -7,7 +7,7 @@ import pytest
 
 import classifier
 import paraphrase_detection
-from training.course_files import read_paraphrase, read_sentiment
+from course.files import read_paraphrase, read_sentiment
 
 DATA = Path("data")
 

@@ -9,6 +9,7 @@ from models.decoding import greedy_decode
 from models.gpt2 import GPT2Model
 from modules.attention import KVCache
 from modules.prefix import add_prefix
+from tests.conftest import tiny_gpt2
 
 IMPLEMENTATIONS = ["sdpa", "eager"]
 
@@ -50,10 +51,7 @@ def test_matches_transformers_at_124m_shape(gpt2_124m_checkpoint, implementation
 
 
 def tiny_model(implementation: str = "sdpa", **overrides) -> GPT2Model:
-    torch.manual_seed(0)
-    config = GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
-                        attn_implementation=implementation, **overrides)
-    return GPT2Model(config).eval()
+    return tiny_gpt2(attn_implementation=implementation, **overrides).eval()
 
 
 def left_padded_prompts(lengths: list[int], seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,8 +228,7 @@ def test_a_forward_told_the_padding_never_reads_a_tensor_on_the_host(implementat
     branch on a comparison), which on a GPU waits for the device, raises. Training and scoring passes,
     with and without a mask, a cache or a prefix, must all run through."""
     with torch.device("meta"):
-        model = GPT2Model(GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     max_position_embeddings=128, attn_implementation=implementation))
+        model = tiny_gpt2(attn_implementation=implementation)
         input_ids, mask = torch.zeros(3, 9, dtype=torch.long), torch.ones(3, 9, dtype=torch.long)
     for training in (True, False):
         model.train(training)

@@ -14,7 +14,7 @@ def test_training_steps_synchronise_only_when_the_loss_is_read(monkeypatch, tmp_
     training loop waits for the GPU: torch.cuda's sync debug mode turns any such wait into an error."""
     checkpoint = tmp_path / "model"
     save_hf_gpt2(checkpoint, n_embd=64, n_layer=2, n_head=4, n_positions=128)
-    read, train_epoch, reads = loop.LossesSinceRead.read, loop.train_epoch, []
+    read, train_epoch, reads = loop.LossesSinceRead.read, loop.Trainer.train_epoch, []
 
     def read_where_syncing_is_expected(self, *args):
         torch.cuda.set_sync_debug_mode(0)
@@ -32,7 +32,7 @@ def test_training_steps_synchronise_only_when_the_loss_is_read(monkeypatch, tmp_
             torch.cuda.set_sync_debug_mode(0)
 
     monkeypatch.setattr(loop.LossesSinceRead, "read", read_where_syncing_is_expected)
-    monkeypatch.setattr(loop, "train_epoch", train_epoch_refusing_syncs)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch_refusing_syncs)
     classifier.main(["--model_path", str(checkpoint), "--use_gpu", "--dataset", "sst", "--fine-tune-mode",
                      "full-model", "--train_limit", "64", "--batch_size", "4", "--epochs", "1", "--log_every", "5",
                      "--clip_norm", "1.0", "--run_dir", str(tmp_path / "run"), "--predictions_dir",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import prepare_submit
-from config import UserError
-from training.course_files import (PARAPHRASE_HEADER, SENTIMENT_HEADER, read_predictions, write_predictions,
-                                   write_sonnets)
-from training.hand_in import check_predictions
+from course.files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_predictions, write_predictions
+from course.hand_in import check_predictions
+from course.sonnets import write_sonnets
+from flags import UserError
 
 SENTIMENT_DEV = "\tid\tsentence\tsentiment"
 SENTIMENT_TEST = "0\t\tid\tsentence"  # the test files' header: two index columns, the first named "0"
@@ -100,7 +100,7 @@ def test_a_complete_folder_is_zipped_with_the_code(folders, tmp_path, capsys):
         prepare_submit.main(flags(tmp_path))
     out = capsys.readouterr()
     names = zipfile.ZipFile(tmp_path / "submission.zip").namelist()
-    assert {"prepare_submit.py", "models/gpt2.py", "training/hand_in.py", "predictions/para-test-output.csv",
+    assert {"prepare_submit.py", "models/gpt2.py", "course/hand_in.py", "predictions/para-test-output.csv",
             "predictions/generated_sonnets_dev.txt"} <= set(names)
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
     assert not [name for name in names if name.startswith(("data/", "tests/"))]
@@ -138,7 +138,7 @@ def test_either_mode_of_the_sentiment_files_will_do(folders):
 
 def test_the_zip_holds_the_code_without_caches_and_the_predictions_by_their_course_folder(tmp_path):
     root, predictions = tmp_path / "project", tmp_path / "my-predictions"
-    files = [root / name for name in ("prepare_submit.py", "notes.txt", "models/gpt2.py", "training/hand_in.py",
+    files = [root / name for name in ("prepare_submit.py", "notes.txt", "models/gpt2.py", "course/hand_in.py",
                                       "models/__pycache__/gpt2.cpython-312.pyc", "training/stale.pyc",
                                       "data/ids-sst-dev.csv")] + [predictions / "para-test-output.csv"]
     for path in files:
@@ -148,8 +148,8 @@ def test_the_zip_holds_the_code_without_caches_and_the_predictions_by_their_cour
     out.write_text("the previous zip")
     prepare_submit.write_zip(out, prepare_submit.submission_files(root, predictions))
     with zipfile.ZipFile(out) as archive:
-        assert sorted(archive.namelist()) == ["models/gpt2.py", "predictions/para-test-output.csv",
-                                              "prepare_submit.py", "training/hand_in.py"]
+        assert sorted(archive.namelist()) == ["course/hand_in.py", "models/gpt2.py", "predictions/para-test-output.csv",
+                                              "prepare_submit.py"]
         assert archive.read("predictions/para-test-output.csv") == b"para-test-output.csv"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["my-predictions", "project", "submission.zip"]
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2Model as HFGPT2Model
 
-from config import UserError
+from flags import UserError
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
 from tests.conftest import TINY, save_hf_gpt2

@@ -4,16 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import GPT2Config
 from models.gpt2 import GPT2Model
 from modules.lora import LORA_TARGETS, DoRALinear, LoRALinear, apply_lora, merge_lora
 from modules.pooling import POOLING, Pooler
-
-
-def tiny_model() -> GPT2Model:
-    torch.manual_seed(0)
-    config = GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
-    return GPT2Model(config).eval()
+from tests.conftest import tiny_gpt2
 
 
 def right_padded_batch(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +47,7 @@ def lora_parameter_names(model: nn.Module) -> set[str]:
 
 
 def test_freshly_wrapped_model_gives_identical_outputs():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     before = outputs(model)
     apply_lora(model, LORA_TARGETS)
     after = outputs(model)
@@ -62,7 +56,7 @@ def test_freshly_wrapped_model_gives_identical_outputs():
 
 
 def test_apply_lora_wraps_named_layers_and_leaves_only_lora_trainable():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     replaced = apply_lora(model, ["query", "value", "out_dense"], rank=4)
     assert replaced == [f"layers.{i}.{name}" for i in range(2)
                         for name in ("self_attention.query", "self_attention.value", "feed_forward.out_dense")]
@@ -76,7 +70,7 @@ def test_apply_lora_wraps_named_layers_and_leaves_only_lora_trainable():
 
 
 def test_freshly_dora_wrapped_model_gives_the_same_outputs():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     before = outputs(model)
     apply_lora(model, LORA_TARGETS, dora=True)
     after = outputs(model)
@@ -85,7 +79,7 @@ def test_freshly_dora_wrapped_model_gives_the_same_outputs():
 
 
 def test_apply_dora_leaves_only_factors_and_magnitudes_trainable():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     replaced = apply_lora(model, ["query", "interm_dense"], rank=4, dora=True)
     assert all(isinstance(model.get_submodule(name), DoRALinear) for name in replaced)
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
@@ -98,16 +92,16 @@ def test_apply_dora_leaves_only_factors_and_magnitudes_trainable():
 
 def test_apply_lora_rejects_unknown_targets_and_bad_rank():
     with pytest.raises(ValueError, match="query, key, value, dense, interm_dense, out_dense"):
-        apply_lora(tiny_model(), ["query", "c_attn"])
+        apply_lora(tiny_gpt2(), ["query", "c_attn"])
     with pytest.raises(ValueError, match="non-empty"):
-        apply_lora(tiny_model(), [])
+        apply_lora(tiny_gpt2(), [])
     with pytest.raises(ValueError, match="rank"):
-        apply_lora(tiny_model(), ["query"], rank=0)
+        apply_lora(tiny_gpt2(), ["query"], rank=0)
 
 
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
 def test_training_changes_only_lora_parameters(dora):
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     apply_lora(model, LORA_TARGETS, rank=4, dora=dora)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     train_lora(model, steps=3)
@@ -121,7 +115,7 @@ def test_training_changes_only_lora_parameters(dora):
 
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
 def test_merged_model_matches_unmerged_and_has_no_adapters_left(dora):
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     original = outputs(model)
     apply_lora(model, LORA_TARGETS, rank=4, dora=dora)
     train_lora(model, steps=5)
@@ -132,7 +126,7 @@ def test_merged_model_matches_unmerged_and_has_no_adapters_left(dora):
     for key in unmerged:
         torch.testing.assert_close(merged[key], unmerged[key], atol=1e-5, rtol=0)
     assert not any(isinstance(module, LoRALinear) for module in model.modules())
-    assert model.state_dict().keys() == tiny_model().state_dict().keys()
+    assert model.state_dict().keys() == tiny_gpt2().state_dict().keys()
 
 
 @pytest.mark.parametrize("wrapper", [LoRALinear, DoRALinear])
@@ -202,7 +196,7 @@ def test_dora_treats_the_norm_as_a_constant_in_backprop():
 
 
 def test_dora_merged_weight_rows_have_the_learned_magnitudes():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     replaced = apply_lora(model, LORA_TARGETS, rank=4, dora=True)
     train_lora(model, steps=3)
     magnitudes = {name: model.get_submodule(name).lora_magnitude.detach().clone() for name in replaced}
@@ -262,7 +256,7 @@ def test_pooling_without_mask_uses_every_token():
 
 
 def test_last_pooling_returns_models_last_token():
-    model = tiny_model()
+    model = tiny_gpt2().eval()
     input_ids, attention_mask = right_padded_batch([9, 3])
     with torch.no_grad():
         out = model(input_ids, attention_mask)

@@ -5,10 +5,10 @@ import torch
 
 import classifier
 import paraphrase_detection
+from course.files import read_sentiment
 from datasets import tokenize_sentiment
 from models.tokenizer import load_tokenizer
 from modules.losses import language_model_loss
-from training.course_files import read_sentiment
 from training.objectives import classification_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:cfimdb.*cut at the end")  # long reviews, a short context

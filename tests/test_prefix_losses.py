@@ -1,19 +1,16 @@
 """Prefix-tuning and the language-model losses."""
 import torch
 
-from config import GPT2Config
 from models.decoding import greedy_decode
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss, unlikelihood_loss
 from modules.prefix import add_prefix
 from optimizer import AdamW
+from tests.conftest import tiny_gpt2
 
 
 def tiny_model() -> GPT2Model:
-    torch.manual_seed(0)
-    return GPT2Model(GPT2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                max_position_embeddings=128, hidden_dropout_prob=0.0,
-                                attention_probs_dropout_prob=0.0))
+    return tiny_gpt2(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def lm_loss(model: GPT2Model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

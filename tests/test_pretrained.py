@@ -9,7 +9,8 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from transformers import GPT2LMHeadModel
 
-from config import ATTENTION_IMPLEMENTATIONS, END_OF_TEXT_ID, UserError
+from config import ATTENTION_IMPLEMENTATIONS, END_OF_TEXT_ID
+from flags import UserError
 from models.decoding import DecodingConfig, generate, greedy_decode
 from models.gpt2 import GPT2Model
 from models.hf_checkpoint import WEIGHT_FILES, resolve_checkpoint, weights_file

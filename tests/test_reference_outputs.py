@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import save_hf_gpt2
-
 # Per script: its flags, then the SHA-256 of each file it writes and a random projection of best.pt's weights.
 RUNS = {
     "classifier.py": (
@@ -70,16 +68,10 @@ def run(script: str, checkpoint: Path, out: Path) -> tuple[dict[str, str], float
     return files, weights_projection(torch.load(best, weights_only=True)["model"])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("reference-gpt2")
-    save_hf_gpt2(directory, n_embd=32, n_layer=2, n_head=2, n_positions=256)
-    return directory
-
-
 @pytest.mark.parametrize("script", list(RUNS))
-def test_a_fixed_seed_run_writes_what_the_code_wrote_before_its_restructuring(tmp_path, checkpoint, script):
-    files, projection = run(script, checkpoint, tmp_path)
+def test_a_fixed_seed_run_writes_what_the_code_wrote_before_its_restructuring(tmp_path, long_context_checkpoint,
+                                                                            script):
+    files, projection = run(script, long_context_checkpoint, tmp_path)
     _, expected_files, expected_projection = RUNS[script]
     assert files == expected_files
     assert projection == pytest.approx(expected_projection, abs=1e-4)

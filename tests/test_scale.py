@@ -1,4 +1,5 @@
-"""Scale: torchrun with two gloo processes against one process, activation checkpointing, torch.compile."""
+"""Scale: torchrun with two gloo processes against one process, activation checkpointing, torch.compile, and the
+benchmark that compares our model's speed with transformers'."""
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from models.gpt2 import GPT2Model
-from tests.conftest import save_hf_gpt2
+from tests.conftest import LONG_CONTEXT, save_hf_gpt2
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -24,7 +25,7 @@ SCRIPTS = {
     "paraphrase_detection.py": (["--train_limit", "70", "--head", "last"],
                                 lambda out: ["--para_dev_out", str(out / "para-dev-output.csv"),
                                              "--para_test_out", str(out / "para-test-output.csv")], ""),
-    "sonnet_generation.py": (["--train_limit", "35", "--decoding", "greedy", "--max_new_tokens", "24",
+    "sonnet_generation.py": (["--train_limit", "19", "--decoding", "greedy", "--max_new_tokens", "24",
                               "--keep_best", "1"],
                              lambda out: ["--sonnet_dev_out", str(out / "generated_sonnets_dev.txt"),
                                           "--sonnet_out", str(out / "generated_sonnets.txt")], ""),
@@ -50,13 +51,14 @@ def dev_records(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("no-dropout")  # dropout draws differ between one and two processes
-    save_hf_gpt2(directory, n_embd=32, n_layer=2, n_head=2, n_positions=256, **NO_DROPOUT)
+    save_hf_gpt2(directory, **LONG_CONTEXT, **NO_DROPOUT)
     return directory
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_two_gloo_processes_match_one_process_accumulating_two_batches(tmp_path, checkpoint, script):
-    # 70 examples (35 sonnets) in batches of 8 leave the second process one batch short: it repeats one at weight 0.
+    # In batches of 8, 70 examples (9 batches) and 19 sonnets (3) leave the second process one batch short: it
+    # repeats one at weight 0.
     run_two = run_script(TORCHRUN, script, checkpoint, tmp_path / "two")
     run_one = run_script([sys.executable], script, checkpoint, tmp_path / "one", "--grad_accum", "2")
 
@@ -123,6 +125,9 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_checkpo
     assert all(torch.allclose(grads[k], checkpointed_grads[k], atol=1e-7) for k in grads)
 
 
+# Inductor compiles each layer to C++: tens of seconds on a CPU. test_compile.py shows every graph whole and equal to
+# eager with dynamo's own backends, in a second.
+@pytest.mark.slow
 def test_compiled_layers_match_eager_and_leave_the_state_dict_alone(tiny_checkpoint):
     model = GPT2Model.from_pretrained(tiny_checkpoint[0]).eval()
     ids, mask = torch.randint(0, 50257, (2, 16)), torch.tensor([[1] * 16, [0] * 4 + [1] * 12])
@@ -135,11 +140,14 @@ def test_compiled_layers_match_eager_and_leave_the_state_dict_alone(tiny_checkpo
     assert list(model.state_dict()) == keys
 
 
-def test_benchmark_runs_both_models_on_the_same_weights_with_compiled_layers(tiny_checkpoint):
+@pytest.mark.parametrize("flags", [(), pytest.param(("--compile",), marks=pytest.mark.slow)],
+                         ids=["eager", "compiled"])  # compiled: inductor, as above
+def test_benchmark_runs_both_models_on_the_same_weights(tiny_checkpoint, flags):
     finished = subprocess.run(
-        [sys.executable, "benchmark.py", "--model_path", str(tiny_checkpoint[0]), "--device", "cpu", "--compile",
+        [sys.executable, "benchmark.py", "--model_path", str(tiny_checkpoint[0]), "--device", "cpu", *flags,
          "--batch_size", "2", "--seq_len", "16", "--warmup", "1", "--iters", "1", "--gen_batch", "2",
-         "--prompt_len", "8", "--new_tokens", "8", "--gen_iters", "1", "--adam_iters", "1"],
+         "--prompt_len", "8", "--new_tokens", "8", "--gen_iters", "1", "--adam_iters", "1", "--para_batches", "2",
+         "--para_iters", "1"],
         capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     check = next(line for line in finished.stdout.splitlines() if line.startswith("same-weights check"))

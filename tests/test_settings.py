@@ -14,10 +14,10 @@ import torch.nn.functional as F
 import classifier
 import paraphrase_detection
 import sonnet_generation
+from course.files import read_predictions
 from models.gpt2 import GPT2Model
 from tests.conftest import save_hf_gpt2
 from training import loop
-from training.course_files import read_predictions
 
 SCRIPTS = {"classifier": classifier, "paraphrase": paraphrase_detection, "sonnets": sonnet_generation}
 

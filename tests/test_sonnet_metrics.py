@@ -1,17 +1,15 @@
 """Sonnet metrics and the `sonnets` command of evaluation.py."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pronouncing
 import pytest
 from sacrebleu.metrics import CHRF
 
+from course.metrics import (chrf, distinct_n, fourteen_line_share, mbr_select, rhyme_accuracy, sonnet_metrics,
+                            words_rhyme)
+from course.sonnets import read_sonnets
 from evaluation import main
-from training.course_files import read_sonnets
-from training.metrics import (chrf, distinct_n, fourteen_line_share, mbr_select, rhyme_accuracy, sonnet_metrics,
-                              words_rhyme)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLD = ROOT / "data" / "TRUE_sonnets_held_out_dev.txt"
@@ -120,10 +118,9 @@ def test_the_gold_sonnets_mostly_rhyme():
 # command line
 
 @needs_gold
-def test_the_command_scores_the_gold_file_against_itself():
-    result = subprocess.run([sys.executable, str(ROOT / "evaluation.py"), "sonnets", str(GOLD), str(GOLD)],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
-    metrics = json.loads(result.stdout)
+def test_the_command_scores_the_gold_file_against_itself(capsys):
+    main(["sonnets", str(GOLD), str(GOLD)])
+    metrics = json.loads(capsys.readouterr().out)
     assert metrics["chrf"] == pytest.approx(100.0)
     assert metrics["count"] == 12
     assert metrics["fourteen_line_share"] == 1.0

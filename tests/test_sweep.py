@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 
 import experiments
 from tests.conftest import save_hf_gpt2
-from training import sweep
+from tools import launch, search, sweep_plan, sweep_spec
 
 MICRO = dict(n_embd=32, n_layer=1, n_head=2, n_positions=32)  # CFIMDB reviews cut to 32 tokens: seconds a run
 GRID_NAMES = ["lr=0.001,seed=1", "lr=0.001,seed=2", "lr=0.0001,seed=1", "lr=0.0001,seed=2"]
-START_RUN = sweep.start_run  # the real one, which the tests' stand-ins call
+START_RUN = launch.start_run  # the real one, which the tests' stand-ins call
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,12 @@ def write_spec(path: Path, checkpoint: Path, flags: str = "", rest: str = "", ep
 
 @dataclass
 class Launches:
-    """Stands in for `sweep.start_run`: records the runs started, by name. Runs named in `fail` fail at once
+    """Stands in for `launch.start_run`: records the runs started, by name. Runs named in `fail` fail at once
     (their log ends with a script's one-line refusal); the others start for real."""
     fail: tuple[str, ...] = ()
     names: list[str] = field(default_factory=list)
 
-    def __call__(self, run: sweep.PlannedRun, script: sweep.TaskScript, device: str | None,
+    def __call__(self, run: sweep_plan.PlannedRun, script: sweep_spec.TaskScript, device: str | None,
                  lock_fd: int) -> subprocess.Popen:
         self.names.append(run.name)
         if run.name in self.fail:
@@ -87,12 +87,12 @@ def grid(tmp_path_factory: pytest.TempPathFactory, micro_checkpoint: Path) -> Gr
     directory = root / "sweep"
     with pytest.MonkeyPatch.context() as patch:
         launches = Launches(fail=(GRID_NAMES[1],))
-        patch.setattr(sweep, "start_run", launches)
+        patch.setattr(launch, "start_run", launches)
         first = sweep_command("sweep", str(spec), "--dir", str(directory))
         first_run = directory / GRID_NAMES[0]
         files = {str(path): path.stat().st_mtime_ns for path in first_run.rglob("*") if path.is_file()}
         restart = Launches()
-        patch.setattr(sweep, "start_run", restart)
+        patch.setattr(launch, "start_run", restart)
         second = sweep_command("sweep", str(spec), "--dir", str(directory))
     return GridSweep(directory, first, launches.names, second, restart.names, files)
 
@@ -141,23 +141,23 @@ def test_an_interrupted_search_resumes_from_its_study_without_training_a_finishe
                       rest="[search]\ntrials = 3\n[search.space]\nlr = { low = 1e-4, high = 1e-2, log = true }\n")
     directory = tmp_path / "search"
     first, second = Launches(), Launches()
-    report = sweep.DevScores.report
+    report = search.DevScores.report
 
-    def stopped_before_the_score(scores: sweep.DevScores, strict: bool) -> bool:
+    def stopped_before_the_score(scores: search.DevScores, strict: bool) -> bool:
         if strict:
             raise KeyboardInterrupt
         return report(scores, strict)
 
-    monkeypatch.setattr(sweep, "start_run", first)
-    monkeypatch.setattr(sweep.DevScores, "report", stopped_before_the_score)
+    monkeypatch.setattr(launch, "start_run", first)
+    monkeypatch.setattr(search.DevScores, "report", stopped_before_the_score)
     status, _, stderr = sweep_command("sweep", str(spec), "--dir", str(directory))
     assert status == 130 and stderr.splitlines()[-1].startswith("experiments.py: stopped by SIGINT")
     assert first.names == ["trial-0"]
     checkpoint = directory / "trial-0" / "cfimdb" / "last.pt"
     trained = checkpoint.stat().st_mtime_ns
 
-    monkeypatch.setattr(sweep, "start_run", second)
-    monkeypatch.setattr(sweep.DevScores, "report", report)
+    monkeypatch.setattr(launch, "start_run", second)
+    monkeypatch.setattr(search.DevScores, "report", report)
     status, stdout, _ = sweep_command("sweep", str(spec), "--dir", str(directory))
     assert status == 0
     assert second.names == ["trial-2", "trial-3"]  # trial 1 took over trial-0's finished run
@@ -180,7 +180,7 @@ def test_a_trial_whose_dev_metric_falls_behind_is_pruned_and_its_run_stopped(tmp
     trial = study.ask()
     started = time.time()
     process = subprocess.Popen([sys.executable, "-c", program])
-    assert sweep.pruned_while_running(process, sweep.DevScores(trial, log, "accuracy"))
+    assert search.pruned_while_running(process, search.DevScores(trial, log, "accuracy"))
     assert process.wait(timeout=10) == -15  # SIGTERM, which the scripts answer by saving last.pt
     assert time.time() - started < 30
     study.tell(trial, state=TrialState.PRUNED)
@@ -191,14 +191,14 @@ def test_several_gpus_run_one_run_each_at_a_time(tmp_path, monkeypatch):
     program = tmp_path / "task.py"
     program.write_text("import os, time\nprint(os.environ['CUDA_VISIBLE_DEVICES'], time.time())\ntime.sleep(1)\n"
                        "print(time.time())\n")
-    runs = [sweep.PlannedRun(f"run{i}", tmp_path / f"run{i}", (), (), use_gpu=True) for i in range(4)]
-    monkeypatch.setattr(sweep.torch.cuda, "device_count", lambda: 2)
+    runs = [sweep_plan.PlannedRun(f"run{i}", tmp_path / f"run{i}", (), (), use_gpu=True) for i in range(4)]
+    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert sweep.gpus_for(runs) == ["3", "5"]
-    assert sweep.gpus_for(runs[:1] + [sweep.PlannedRun("cpu", tmp_path, (), (), use_gpu=False)]) == [None]
+    assert launch.gpus_for(runs) == ["3", "5"]
+    assert launch.gpus_for(runs[:1] + [sweep_plan.PlannedRun("cpu", tmp_path, (), (), use_gpu=False)]) == [None]
     with open(tmp_path / "lock", "w") as lock:
-        launcher = sweep.Launcher(sweep.TaskScript(str(program), "accuracy", {}), lock.fileno())
-        assert sorted(run.name for run in sweep.finish_runs(runs, launcher, ["3", "5"])) == [r.name for r in runs]
+        launcher = launch.Launcher(sweep_spec.TaskScript(str(program), "accuracy", {}), lock.fileno())
+        assert sorted(run.name for run in launch.finish_runs(runs, launcher, ["3", "5"])) == [r.name for r in runs]
     spans = {}  # device -> [(start, end)] of its runs
     for run in runs:
         (device, start), end = (line.split() for line in run.log_file.read_text().splitlines()[1:])
@@ -238,7 +238,7 @@ def test_a_bad_spec_is_refused_at_start_up_in_one_line_naming_the_file(tmp_path,
                                                                        flags, rest, refusal):
     spec = write_spec(tmp_path / "bad.toml", micro_checkpoint, flags, rest)
     launches = Launches()
-    monkeypatch.setattr(sweep, "start_run", launches)
+    monkeypatch.setattr(launch, "start_run", launches)
     status, _, stderr = sweep_command("sweep", str(spec), "--dir", str(tmp_path / "sweep"))
     assert status == 2
     assert stderr.startswith(f"experiments.py: error: {spec}: ") and refusal in stderr
@@ -253,7 +253,7 @@ def test_a_sweep_directory_of_other_base_flags_is_refused(tmp_path, micro_checkp
         "model_path": str(micro_checkpoint), "fine-tune-mode": "full-model", "dataset": "cfimdb", "train_limit": 16,
         "batch_size": 16, "epochs": 3}}))
     launches = Launches()
-    monkeypatch.setattr(sweep, "start_run", launches)
+    monkeypatch.setattr(launch, "start_run", launches)
     spec = write_spec(tmp_path / "lrs.toml", micro_checkpoint, rest="[grid]\nlr = [1e-3]\n")
     status, _, stderr = sweep_command("sweep", str(spec), "--dir", str(directory))
     assert (status, launches.names) == (2, [])

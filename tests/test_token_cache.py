@@ -3,10 +3,10 @@ import warnings
 
 import pytest
 
+from course.files import ParaphraseExample, SentimentExample
 from datasets import tokenize_paraphrase, tokenize_sentiment
 from models.tokenizer import load_tokenizer
 from training import token_cache
-from training.course_files import ParaphraseExample, SentimentExample
 from training.token_cache import cached_tokens
 
 SENTENCES = [SentimentExample("a", "a fine film", 3), SentimentExample("b", "dull " * 40, 0)]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from config import GPT2Config, UserError
+from config import GPT2Config
+from flags import UserError
 from models.gpt2 import GPT2Model
 from modules.lora import LoRALinear
 from training.checkpoints import checkpoint_identity, load_checkpoint, save_checkpoint

@@ -1,6 +1,6 @@
-"""What the three task scripts share, one question per module:
+"""One training run of a task script, one question per module:
 
-    settings       the flags: typed, checked dataclasses built once at start-up
+    settings       the settings every task script shares: typed, checked dataclasses built once at start-up
     run_dir        a run directory: refusing to destroy one, recording settings, honest --resume
     device         where tensors live and in which precision
     distributed    processes under torchrun: who writes, each process's share of the work
@@ -10,14 +10,11 @@
     loop           the training loop: epochs, optimizer steps, the best epoch, faults
     signals        stopping cleanly on SIGINT and SIGTERM
     run_log        metrics.jsonl and curves.png
+    objectives     the classification losses the two classifying scripts share
+    token_cache    tokenised datasets kept between runs
     inference      scoring a dataset in batches
-    course_files   every reader and writer of the course's files
-    metrics        classification and sonnet metrics
-    hand_in        is a predictions folder complete and correct for handing in?
     ensemble       an ensemble's runs, rebuilt from their records, and its vote
-    compare        finished runs grouped over seeds: the comparison table and dev curves
-    sweep          sweeps and Optuna searches over the task scripts
 
-Nothing is imported here, so `evaluation.py` and `prepare_submit.py` can use `course_files`, `metrics` and
-`hand_in` without loading torch.
+The course's files and metrics are in `course/`, the flags in `flags.py`; sweeps and comparisons, which drive
+the scripts from above, in `tools/`.
 """

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from config import UserError
+from flags import UserError
 from models.hf_checkpoint import load_torch_file
 from training.distributed import is_main
 

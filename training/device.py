@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from config import UserError
+from flags import UserError
 from training.distributed import is_main
 
 # auto: bf16 autocast on a GPU that has it, else fp32; tf32: fp32 with TF32 matmuls; fp32: exact float32.

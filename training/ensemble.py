@@ -14,10 +14,10 @@ from typing import Any, TypeVar, get_args
 import torch
 from torch import nn
 
-from config import UserError, require, setting
+from course.files import write_atomically
+from flags import UserError, require, setting
 from modules.lora import merge_lora
 from training.checkpoints import checkpoint_identity, load_checkpoint
-from training.course_files import write_atomically
 from training.distributed import is_main
 from training.run_dir import BEST_CHECKPOINT, SETTINGS_FILE, read_record
 from training.settings import RunSettings, ScriptSettings

@@ -1,11 +1,15 @@
 """The training loop the three scripts share: epochs of optimizer steps, dev evaluation after each, the best
-epoch kept, and the faults a long run meets (a signal, a non-finite loss, running out of GPU memory)."""
+epoch kept, and the faults a long run meets (a signal, a non-finite loss, running out of GPU memory).
+
+A run's state lives on one `Trainer`, as in minGPT: the model, its optimizer, schedule and gradient scaler,
+where the run stands (`Progress`) and its log. One epoch is `Trainer.train_epoch`; one optimizer step is
+`Trainer.train_step`, the course's few lines with the machinery around them named once each."""
 import contextlib
 import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Task:
+    """What a task script hands the loop: how to train on a batch and how to judge an epoch."""
+    loss: LossFunction  # a batch's mean loss, the model in training mode
+    evaluate: Callable[[], dict[str, Any]]  # the dev metrics after an epoch
+    metric: str = "accuracy"  # the dev metric that picks the best epoch: higher is better
+    on_epoch_start: Callable[[int], None] | None = None  # e.g. ULMFiT's gradual unfreezing
+
+
 @dataclass
 class Progress:
     epoch: int = 0
@@ -58,18 +71,12 @@ class LossModule(nn.Module):
 
 
 def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, precision: str, num_layers: int,
-                           batches: EpochBatches, loss_fn: LossFunction, evaluate: Callable[[], dict[str, Any]],
-                           metric: str = "accuracy", on_epoch_start: Callable[[int], None] | None = None) -> RunLog:
-    """Build the optimizer and schedule the settings ask for, train, then load the best dev epoch's weights
-    into `model`, record what the run achieved in its settings.json, and fold any LoRA adapters into the
-    weights. Returns the run's log."""
-    optimizer = make_optimizer(model, train.lr, train.weight_decay, num_layers, train.layer_lr_decay)
-    steps = train.epochs * -(-len(batches) // (train.grad_accum * world_size()))
-    scheduler = make_scheduler(optimizer, train.scheduler, steps, int(train.warmup_ratio * steps))
-    identity = checkpoint_identity(run.task, model)
+                           batches: EpochBatches, task: Task) -> RunLog:
+    """Train `model` as `train` says, then load the best dev epoch's weights into it, record what the run
+    achieved in its settings.json, and fold any LoRA adapters into the weights. Returns the run's log."""
+    trainer = Trainer(model, run, train, precision, num_layers, task, len(batches))
     try:
-        log, progress = fit(model, optimizer, scheduler, run, train, precision, identity, batches, loss_fn, evaluate,
-                            metric, on_epoch_start)
+        trainer.fit(batches)
     except NonFiniteLoss as error:
         raise SystemExit(f"{error}; stopping. {non_finite_advice(run, train)}") from None
     except Interrupted as interrupt:
@@ -77,16 +84,16 @@ def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, pre
     except torch.OutOfMemoryError:
         raise SystemExit(out_of_memory_advice(run, train, precision)) from None
     barrier()  # the main process has written best.pt
-    best = load_checkpoint(run.best_checkpoint, identity, run.device)
+    best = load_checkpoint(run.best_checkpoint, trainer.identity, run.device)
     model.load_state_dict(best["model"])
-    print(f"best dev epoch {best['epoch']}: {metric} {best['metrics'][metric]:.4f}")
-    run.finish(RunResult(best_epoch=best["epoch"], metric=metric,
+    print(f"best dev epoch {best['epoch']}: {task.metric} {best['metrics'][task.metric]:.4f}")
+    run.finish(RunResult(best_epoch=best["epoch"], metric=task.metric,
                          best_metrics={name: value for name, value in best["metrics"].items()
                                        if isinstance(value, float)},  # the numbers, which curves.png plots too
-                         epochs_trained=progress.epoch, wall_seconds=progress.wall_seconds,
-                         tokens_per_second=training_speed(log.records)))
+                         epochs_trained=trainer.progress.epoch, wall_seconds=trainer.progress.wall_seconds,
+                         tokens_per_second=training_speed(trainer.log.records)))
     merge_lora(model)  # the adapters folded into the weights: plain GPT-2 speed at inference
-    return log
+    return trainer.log
 
 
 def non_finite_advice(run: Run, train: TrainSettings) -> str:
@@ -103,106 +110,6 @@ def out_of_memory_advice(run: Run, train: TrainSettings, precision: str) -> str:
             f"with smaller batches: --overwrite {smaller} keeps the effective batch"
             + ("; --precision bf16 halves the activations too" if autocast_dtype(run.device, precision) is None
                else ""))
-
-
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-        run: Run, train: TrainSettings, precision: str, identity: dict[str, Any], batches: EpochBatches,
-        loss_fn: LossFunction, evaluate: Callable[[], dict[str, Any]], metric: str,
-        on_epoch_start: Callable[[int], None] | None) -> tuple[RunLog, Progress]:
-    """Train for `train.epochs`, evaluating on dev after each epoch. Keeps `best.pt` (the model at the best
-    dev epoch) and `last.pt` (everything needed to resume, written after each epoch and when SIGINT or
-    SIGTERM stops the run). Under torchrun every process runs this; the main one writes the files. Returns
-    the log and the progress at the end."""
-    scaler = torch.amp.GradScaler(run.device.type, enabled=precision == "fp16")
-    progress = Progress(world_size=world_size())
-    if rank():  # dropout differs between processes; rank 0 draws what a single process would
-        torch.manual_seed(torch.initial_seed() + rank())
-    boundary_rng = rng_state()
-
-    def snapshot() -> dict[str, Any]:
-        # the wall time goes into the checkpoint, so a resumed run adds its sessions' time to it
-        progress.wall_seconds = seconds_before + time.time() - session_started
-        return {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": gather_objects(boundary_rng), "progress": vars(progress).copy()}
-
-    # Everything a resume might refuse is read before run.open() writes anything.
-    resumed = run.resume and run.last_checkpoint.is_file()
-    if resumed:
-        base_lrs, decays = list(scheduler.base_lrs), [group["weight_decay"] for group in optimizer.param_groups]
-        state = load_checkpoint(run.last_checkpoint, identity, run.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if run.changes:  # the checkpoint holds the old learning rates and decay: the new settings win
-            set_hyperparameters(optimizer, scheduler, base_lrs, decays)
-        progress = Progress(**state["progress"])
-        if progress.batches_done and progress.world_size != world_size():
-            raise SystemExit(f"{run.last_checkpoint} stopped mid-epoch with {progress.world_size} processes; resume "
-                             f"it with the same number (this run has {world_size()})")
-        progress.world_size = world_size()
-        boundary_rng = state["rng"][rank() % len(state["rng"])]
-        set_rng_state(boundary_rng)
-        print(f"resuming {run.last_checkpoint} at epoch {progress.epoch}, batch {progress.batches_done}")
-    session_started, seconds_before = time.time(), progress.wall_seconds
-    records = read_records(run.log_file, progress.step) if resumed else []
-    run.open()  # its barrier: every process has read the old log before the main one rewrites it
-    log = RunLog(run.log_file, run.curves_file, records)
-    if run.changes:
-        print("from here on: " + ", ".join(f"{flag} {before} -> {now}" for flag, (before, now) in run.changes.items()))
-        log.log(split="resume", epoch=progress.epoch, step=progress.step, changed=run.changes)
-
-    with StopSignals() as signals:
-        try:
-            while progress.epoch < train.epochs:
-                if signals.agreed(run.device):
-                    raise Interrupted(signals.received or signal.SIGTERM)
-                if train.early_stopping and progress.bad_epochs >= train.early_stopping:
-                    print(f"early stopping: no better dev {metric} for {progress.bad_epochs} epochs")
-                    break
-                train_epoch(model, optimizer, scheduler, scaler, run, train, precision, batches, loss_fn,
-                            on_epoch_start, progress, log, boundary_rng, signals)
-                boundary_rng = rng_state()
-                end_epoch(model, run, train, identity, metric, progress, log, evaluate())
-                save_checkpoint(run.last_checkpoint, snapshot())
-                log.plot()
-        except Interrupted as interrupt:
-            save_checkpoint(run.last_checkpoint, snapshot())
-            log.plot()
-            if is_main():
-                print(f"\nstopped by {interrupt}: saved {run.last_checkpoint}; continue with --resume", file=sys.stderr)
-            raise
-    return log, progress
-
-
-def end_epoch(model: nn.Module, run: Run, train: TrainSettings, identity: dict[str, Any], metric: str,
-              progress: Progress, log: RunLog, metrics: dict[str, Any]) -> None:
-    """Log the dev metrics, save `best.pt` and the top epochs, and count epochs without improvement."""
-    log.log(split="dev", epoch=progress.epoch, step=progress.step, **metrics)
-    print(f"epoch {progress.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    if metrics[metric] > progress.best_score:
-        progress.best_score, progress.bad_epochs = metrics[metric], 0
-        save_checkpoint(run.best_checkpoint, {"identity": identity, "model": model.state_dict(),
-                                              "epoch": progress.epoch, "metrics": metrics})
-    else:
-        progress.bad_epochs += 1
-    if train.keep_best > 1:
-        keep_top_epochs(run, identity, progress, metrics[metric], model, train.keep_best)
-    progress.epoch, progress.batches_done = progress.epoch + 1, 0
-
-
-def keep_top_epochs(run: Run, identity: dict[str, Any], progress: Progress, score: float, model: nn.Module,
-                    keep: int) -> None:
-    """Save this epoch's model as epoch{N}.pt if it is among the `keep` best so far; drop the one it displaces."""
-    progress.top = sorted(progress.top + [[score, progress.epoch]], reverse=True)
-    if [score, progress.epoch] in progress.top[:keep]:
-        save_checkpoint(run.epoch_checkpoint(progress.epoch),
-                        {"identity": identity, "model": model.state_dict(), "epoch": progress.epoch})
-    if is_main():
-        for _, dropped in progress.top[keep:]:
-            run.epoch_checkpoint(int(dropped)).unlink(missing_ok=True)
-    del progress.top[keep:]
 
 
 class LossesSinceRead:
@@ -236,71 +143,210 @@ class LossesSinceRead:
         return value, stops > 0
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                scaler: torch.amp.GradScaler, run: Run, train: TrainSettings, precision: str, batches: EpochBatches,
-                loss_fn: LossFunction, on_epoch_start: Callable[[int], None] | None, progress: Progress, log: RunLog,
-                boundary_rng: dict[str, Any], signals: StopSignals) -> None:
-    """One epoch from `progress.batches_done` on. `boundary_rng` is updated in place after each optimizer
-    step, so an interruption saves the random state that the next batch will start from."""
-    model.train()
-    if on_epoch_start:
-        on_epoch_start(progress.epoch)
-    step_loss: LossFunction = loss_fn
-    if world_size() > 1:  # built each epoch: gradual unfreezing changes which parameters train
-        step_loss = DistributedDataParallel(LossModule(model, loss_fn),
-                                            device_ids=[run.device] if run.device.type == "cuda" else None)
-    weighted = batches_for_this_process(batches(progress.epoch))
-    started, tokens, peak = time.time(), 0, 0.0
-    # The weighted loss sum since the last read stays on the device: reading it back waits for the GPU, so
-    # it is read only every --log_every steps, at the epoch's end and when a signal asks to stop.
-    unread = LossesSinceRead(run.device, progress.step)
-    bar = tqdm(weighted, initial=progress.batches_done, desc=f"train epoch {progress.epoch}", leave=False,
-               disable=not is_main())
-    for index, (batch, weight) in enumerate(weighted):
-        if index < progress.batches_done:
-            continue
-        ends_step = (index + 1) % train.grad_accum == 0 or index + 1 == len(weighted)
-        tokens += int(batch["attention_mask"].sum()) * int(weight)  # on the host: the batch is still there
-        no_sync = step_loss.no_sync() if world_size() > 1 and not ends_step else contextlib.nullcontext()
-        with no_sync:
-            with autocast(run.device, precision):
-                loss = step_loss(to_device(batch, run.device))
-            unread.add(loss, weight)
-            scaler.scale(loss * weight / train.grad_accum).backward()
-        if not ends_step:
-            continue
-        if train.clip_norm:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.step, progress.batches_done = progress.step + 1, index + 1
-        boundary_rng.update(rng_state())
-        bar.update(index + 1 - bar.n)
-        logs = progress.step % train.log_every == 0
+class Trainer:
+    """One run's training: the model and the task's loss and evaluation, the optimizer, schedule and gradient
+    scaler, and what changes as it trains (`progress`, the log, the random state at the last step's end).
+    Under torchrun every process holds one; the main one writes the files."""
+
+    def __init__(self, model: nn.Module, run: Run, train: TrainSettings, precision: str, num_layers: int,
+                 task: Task, batches_per_epoch: int):
+        self.model, self.run, self.train, self.precision, self.task = model, run, train, precision, task
+        self.device = run.device
+        self.optimizer = make_optimizer(model, train.lr, train.weight_decay, num_layers, train.layer_lr_decay)
+        steps = train.epochs * -(-batches_per_epoch // (train.grad_accum * world_size()))
+        self.scheduler = make_scheduler(self.optimizer, train.scheduler, steps, int(train.warmup_ratio * steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.identity = checkpoint_identity(run.task, model)
+        self.progress = Progress(world_size=world_size())
+        self.forward_loss: nn.Module | LossFunction = task.loss  # DDP's wrapper of it under torchrun
+        self.log: RunLog | None = None
+        self.unread = LossesSinceRead(self.device, 0)  # made anew each epoch
+        self.peak_memory = 0.0  # GPU memory, the epoch's peak so far
+        self.boundary_rng: dict[str, Any] = {}  # the random state the next optimizer step starts from
+        self.session_started, self.seconds_before = time.time(), 0.0
+
+    def fit(self, batches: EpochBatches) -> None:
+        """Train for `train.epochs`, evaluating on dev after each epoch. Keeps `best.pt` (the model at the best
+        dev epoch) and `last.pt` (everything needed to resume, written after each epoch and when SIGINT or
+        SIGTERM stops the run)."""
+        if rank():  # dropout differs between processes; rank 0 draws what a single process would
+            torch.manual_seed(torch.initial_seed() + rank())
+        self.boundary_rng = rng_state()
+        # Everything a resume might refuse is read before run.open() writes anything.
+        resumed = self.run.resume and self.run.last_checkpoint.is_file()
+        if resumed:
+            self.resume()
+        self.session_started, self.seconds_before = time.time(), self.progress.wall_seconds
+        records = read_records(self.run.log_file, self.progress.step) if resumed else []
+        self.run.open()  # its barrier: every process has read the old log before the main one rewrites it
+        self.log = RunLog(self.run.log_file, self.run.curves_file, records)
+        if self.run.changes:
+            print("from here on: " + ", ".join(f"{flag} {before} -> {now}"
+                                               for flag, (before, now) in self.run.changes.items()))
+            self.log.log(split="resume", epoch=self.progress.epoch, step=self.progress.step, changed=self.run.changes)
+        with StopSignals() as signals, self.saved_when_interrupted():
+            while self.progress.epoch < self.train.epochs:
+                if signals.agreed(self.device):
+                    raise Interrupted(signals.received or signal.SIGTERM)
+                if self.train.early_stopping and self.progress.bad_epochs >= self.train.early_stopping:
+                    print(f"early stopping: no better dev {self.task.metric} for {self.progress.bad_epochs} epochs")
+                    break
+                self.train_epoch(batches, signals)
+                self.boundary_rng = rng_state()
+                self.end_epoch(self.task.evaluate())
+                save_checkpoint(self.run.last_checkpoint, self.snapshot())
+                self.log.plot()
+
+    def resume(self) -> None:
+        """Continue from last.pt: the weights, optimizer, schedule, scaler, progress and random state; the
+        learning rates and decay of the settings, where --resume changed them."""
+        base_lrs = list(self.scheduler.base_lrs)
+        decays = [group["weight_decay"] for group in self.optimizer.param_groups]
+        state = load_checkpoint(self.run.last_checkpoint, self.identity, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.run.changes:  # the checkpoint holds the old learning rates and decay: the new settings win
+            set_hyperparameters(self.optimizer, self.scheduler, base_lrs, decays)
+        self.progress = Progress(**state["progress"])
+        if self.progress.batches_done and self.progress.world_size != world_size():
+            raise SystemExit(f"{self.run.last_checkpoint} stopped mid-epoch with {self.progress.world_size} "
+                             f"processes; resume it with the same number (this run has {world_size()})")
+        self.progress.world_size = world_size()
+        self.boundary_rng = state["rng"][rank() % len(state["rng"])]
+        set_rng_state(self.boundary_rng)
+        print(f"resuming {self.run.last_checkpoint} at epoch {self.progress.epoch}, batch {self.progress.batches_done}")
+
+    @contextlib.contextmanager
+    def saved_when_interrupted(self) -> Iterator[None]:
+        """A signal's stop saves last.pt as of the last finished optimizer step, and says how to go on."""
+        try:
+            yield
+        except Interrupted as interrupt:
+            save_checkpoint(self.run.last_checkpoint, self.snapshot())
+            self.log.plot()
+            if is_main():
+                print(f"\nstopped by {interrupt}: saved {self.run.last_checkpoint}; continue with --resume",
+                      file=sys.stderr)
+            raise
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything --resume needs, as of the last finished optimizer step."""
+        # the wall time goes into the checkpoint, so a resumed run adds its sessions' time to it
+        self.progress.wall_seconds = self.seconds_before + time.time() - self.session_started
+        return {"identity": self.identity, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": gather_objects(self.boundary_rng), "progress": vars(self.progress).copy()}
+
+    def train_epoch(self, batches: EpochBatches, signals: StopSignals) -> None:
+        """One epoch from `progress.batches_done` on, an optimizer step per `--grad_accum` batches."""
+        progress, model = self.progress, self.model
+        model.train()
+        if self.task.on_epoch_start:
+            self.task.on_epoch_start(progress.epoch)
+        if world_size() > 1:  # built each epoch: gradual unfreezing changes which parameters train
+            self.forward_loss = DistributedDataParallel(
+                LossModule(model, self.task.loss), device_ids=[self.device] if self.device.type == "cuda" else None)
+        weighted = batches_for_this_process(batches(progress.epoch))
+        started, tokens, self.peak_memory = time.time(), 0, 0.0
+        # The weighted loss sum since the last read stays on the device: reading it back waits for the GPU, so
+        # it is read only every --log_every steps, at the epoch's end and when a signal asks to stop.
+        self.unread = LossesSinceRead(self.device, progress.step)
+        bar = tqdm(weighted, initial=progress.batches_done, desc=f"train epoch {progress.epoch}", leave=False,
+                   disable=not is_main())
+        accumulate = self.train.grad_accum
+        for start in range(progress.batches_done, len(weighted), accumulate):
+            micro_batches = weighted[start:start + accumulate]
+            # counted on the host, where the batches still are
+            tokens += sum(int(batch["attention_mask"].sum()) * int(weight) for batch, weight in micro_batches)
+            self.train_step(micro_batches)
+            progress.step, progress.batches_done = progress.step + 1, start + len(micro_batches)
+            self.boundary_rng.update(rng_state())
+            bar.update(progress.batches_done - bar.n)
+            self.read_loss_when_due(signals, bar, last=progress.batches_done == len(weighted))
+        bar.close()
+        self.log_epoch(time.time() - started, tokens)
+
+    def train_step(self, micro_batches: list[tuple[Batch, float]]) -> None:
+        """One optimizer step, as the course writes it: the loss's backward pass, clipping, the optimizer's and
+        the schedule's steps, zeroed gradients. Around it: gradient accumulation over `micro_batches` (each
+        weighted by its share of a batch), DDP's gradient sync only after the last, the fp16 scaler, and the
+        loss summed on the device to be read later."""
+        for index, (batch, weight) in enumerate(micro_batches):
+            with self.gradient_sync(last=index == len(micro_batches) - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.forward_loss(to_device(batch, self.device))
+                self.unread.add(loss, weight)
+                self.scaler.scale(loss * weight / self.train.grad_accum).backward()
+        if self.train.clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.train.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Under torchrun, processes average gradients only in the backward pass of a step's last batch."""
+        return self.forward_loss.no_sync() if world_size() > 1 and not last else contextlib.nullcontext()
+
+    def read_loss_when_due(self, signals: StopSignals, bar: tqdm, last: bool) -> None:
+        """Every --log_every steps, at the epoch's end, and when a signal asks one process to stop: read the
+        losses since the last read (which waits for the device), log them, and stop if asked."""
+        progress = self.progress
+        logs = progress.step % self.train.log_every == 0
         # one process may stop at once; several must agree first, which they do at the same steps
         asked = signals.received is not None and world_size() == 1
-        if not (logs or asked or index + 1 == len(weighted)):
-            continue
-        value, stop = unread.read(signals, progress.epoch, progress.step)
+        if not (logs or asked or last):
+            return
+        value, stop = self.unread.read(signals, progress.epoch, progress.step)
         if logs:
-            record = {"loss": value, "lr": scheduler.get_last_lr()[0]}
-            if run.device.type == "cuda":  # the peak since the last line, then start a new count
-                record["peak_memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
-                torch.cuda.reset_peak_memory_stats(run.device)
-                peak = max(peak, record["peak_memory_gb"])
-            log.log(split="train", epoch=progress.epoch, step=progress.step, **record)
+            record = {"loss": value, "lr": self.scheduler.get_last_lr()[0]}
+            if self.device.type == "cuda":  # the peak since the last line, then start a new count
+                record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self.peak_memory = max(self.peak_memory, record["peak_memory_gb"])
+            self.log.log(split="train", epoch=progress.epoch, step=progress.step, **record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "lr"})
         if stop:
             raise Interrupted(signals.received or signal.SIGTERM)
-    bar.close()
-    elapsed = time.time() - started
-    if world_size() > 1:
-        tokens = int(all_reduce_sum(torch.tensor([tokens], device=run.device)).item())
-    record = {"split": "epoch", "epoch": progress.epoch, "step": progress.step, "seconds": elapsed,
-              "tokens_per_second": tokens / max(elapsed, 1e-9)}
-    if run.device.type == "cuda":
-        record["peak_memory_gb"] = max(peak, torch.cuda.max_memory_allocated(run.device) / 2**30)
-    log.log(**record)
+
+    def log_epoch(self, seconds: float, tokens: int) -> None:
+        """The epoch's time, training tokens per second over every process, and peak GPU memory."""
+        if world_size() > 1:
+            tokens = int(all_reduce_sum(torch.tensor([tokens], device=self.device)).item())
+        record = {"split": "epoch", "epoch": self.progress.epoch, "step": self.progress.step, "seconds": seconds,
+                  "tokens_per_second": tokens / max(seconds, 1e-9)}
+        if self.device.type == "cuda":
+            record["peak_memory_gb"] = max(self.peak_memory, torch.cuda.max_memory_allocated(self.device) / 2**30)
+        self.log.log(**record)
+
+    def end_epoch(self, metrics: dict[str, Any]) -> None:
+        """Log the dev metrics, save `best.pt` and the top epochs, and count epochs without improvement."""
+        progress, score = self.progress, metrics[self.task.metric]
+        self.log.log(split="dev", epoch=progress.epoch, step=progress.step, **metrics)
+        print(f"epoch {progress.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                      if isinstance(v, float)))
+        if score > progress.best_score:
+            progress.best_score, progress.bad_epochs = score, 0
+            save_checkpoint(self.run.best_checkpoint, {"identity": self.identity, "model": self.model.state_dict(),
+                                                       "epoch": progress.epoch, "metrics": metrics})
+        else:
+            progress.bad_epochs += 1
+        if self.train.keep_best > 1:
+            self.keep_top_epochs(score)
+        progress.epoch, progress.batches_done = progress.epoch + 1, 0
+
+    def keep_top_epochs(self, score: float) -> None:
+        """Save this epoch's model as epoch{N}.pt if it is among the --keep_best best so far; drop the one it
+        displaces."""
+        progress, keep = self.progress, self.train.keep_best
+        progress.top = sorted(progress.top + [[score, progress.epoch]], reverse=True)
+        if [score, progress.epoch] in progress.top[:keep]:
+            save_checkpoint(self.run.epoch_checkpoint(progress.epoch),
+                            {"identity": self.identity, "model": self.model.state_dict(), "epoch": progress.epoch})
+        if is_main():
+            for _, dropped in progress.top[keep:]:
+                self.run.epoch_checkpoint(int(dropped)).unlink(missing_ok=True)
+        del progress.top[keep:]

@@ -1,6 +1,5 @@
 """The GPT-2, tokenizer and fine-tuning strategy that the settings ask for."""
 from collections.abc import Callable
-from dataclasses import replace
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -12,7 +11,7 @@ from models.tokenizer import has_tokenizer_files, load_tokenizer
 from modules.lora import apply_lora
 from modules.prefix import add_prefix
 from training.optimization import layer_of
-from training.settings import ModelSettings, StrategySettings, TrainSettings
+from training.settings import ModelSettings, StrategySettings
 
 
 def build_gpt2(settings: ModelSettings) -> GPT2Model:
@@ -56,13 +55,6 @@ def apply_strategy(gpt: GPT2Model, strategy: StrategySettings, train_gpt: bool =
         for layer in gpt.layers[-strategy.train_top_layers:]:
             layer.requires_grad_(True)
         gpt.final_layer_norm.requires_grad_(True)
-
-
-def ulmfit_schedule(train: TrainSettings) -> TrainSettings:
-    """`train` with ULMFiT's discriminative learning rates (lr / 2.6 per layer down, unless --layer_lr_decay is
-    given) and slanted triangular schedule (warm-up 0.1 of the steps, unless --warmup_ratio is given)."""
-    return replace(train, layer_lr_decay=1 / 2.6 if train.layer_lr_decay == 1.0 else train.layer_lr_decay,
-                   scheduler="slanted_triangular", warmup_ratio=train.warmup_ratio or 0.1)
 
 
 def gradual_unfreezing(model: nn.Module, num_layers: int) -> Callable[[int], None]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from config import require, require_range, setting
 from datasets import BATCH_PADDING
-from modules.classification import GPT2Classifier
+from flags import require, require_range, setting
+from models.classification import GPT2Classifier
 from modules.losses import info_nce, language_model_loss, symmetric_kl
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from config import ADJUSTABLE, FIXED, UserError, flag_of, shown
-from training.course_files import write_atomically
+from course.files import write_atomically
+from flags import ADJUSTABLE, FIXED, UserError, flag_of, shown
 from training.distributed import barrier, is_main
 from training.run_log import is_count, is_number
 from training.settings import ScriptSettings
@@ -29,6 +29,8 @@ SETTINGS_FILE = "settings.json"
 BEST_CHECKPOINT = "best.pt"  # the weights of the best dev epoch, which write the predictions
 LIBRARIES = ("torch", "transformers", "numpy", "safetensors", "sacrebleu", "scikit-learn")
 RESUME_ADVICE = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
+# Settings that moved to another group since runs recorded them: (group, field) -> the group it is in now.
+MOVED_SETTINGS = {("task", "eval_batch_size"): "train"}
 
 
 def run_files(directory: Path) -> list[Path]:
@@ -179,6 +181,10 @@ def read_record(directory: Path, advice: str = RESUME_ADVICE) -> dict[str, Any]:
     problem = result_problem(record["result"]) if "result" in record else None
     if problem:
         raise UserError(f"{path}: its result {problem}; {advice}")
+    settings = record.get("settings", {})
+    for (group, name), now in MOVED_SETTINGS.items():
+        if name in settings.get(group, {}):
+            settings.setdefault(now, {})[name] = settings[group].pop(name)
     return record
 
 

@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from config import UserError
-from training.course_files import atomically
+from course.files import atomically
+from flags import UserError
 from training.distributed import is_main
 
 RESUME_ADVICE = "mend or delete that line, then resume again"

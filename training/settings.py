@@ -1,137 +1,20 @@
-"""The flags. A script's settings are a `ScriptSettings` subclass: groups of typed dataclasses, each field
-declared with `config.setting` and checked in its group's `__post_init__`. `settings_parser` builds the
-command line from those fields, and `settings_from_flags` builds the dataclasses back from the parsed flags,
-which checks every value: a bad flag stops the script at start-up, before any data or model is loaded, in
-one line. Below the scripts, code receives these dataclasses, never the parsed flags.
+"""The settings every task script shares. A script's settings are a `ScriptSettings` subclass: groups of typed
+dataclasses, each field declared with `flags.setting` and checked in its group's `__post_init__`;
+`flags.settings_parser` builds the command line from those fields, and `flags.settings_from_flags` builds the
+dataclasses back from the parsed flags, which checks every value: a bad flag stops the script at start-up,
+before any data or model is loaded, in one line. Below the scripts, code receives these dataclasses, never the
+parsed flags.
 """
-import argparse
-import os
-import string
-import sys
-import types
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn, Union, get_args, get_origin
+from typing import Self
 
-from config import ADJUSTABLE, FREE, PRESETS, UserError, flag_of, require, require_range, setting
+from config import PRESETS
+from flags import ADJUSTABLE, FREE, require, require_range, require_writable, setting
 from models import hf_checkpoint
 from modules.lora import LORA_TARGETS
 from training.device import PRECISIONS
 from training.optimization import SCHEDULERS
-
-
-class FlagParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, like every other refusal of a setting."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The script's docstring as written, and each flag's default where it has one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        shown = all(action.default is not value for value in (None, False, argparse.SUPPRESS))
-        shown = shown and "default" not in action.help
-        return action.help + (" (default: %(default)s)" if shown else "")
-
-
-def _flag_type(annotation: Any) -> type:
-    """`int` for `int` and `int | None`, and so on."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = [arg for arg in get_args(annotation) if arg is not type(None)]
-    return annotation
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-              defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> None:
-    """A flag for each field of the settings dataclass `cls` except `skip`, in a group titled by the first
-    sentence of its docstring. `defaults` and `helps` replace a field's default and help for this script."""
-    group = parser.add_argument_group(" ".join(cls.__doc__.split()).split(". ")[0].rstrip("."))
-    for spec in fields(cls):
-        if spec.name in skip:
-            continue
-        names = [spec.metadata["flag"] or f"--{spec.name}", *spec.metadata["aliases"]]
-        help_text = (helps or {}).get(spec.name, spec.metadata["help"])
-        kind = _flag_type(spec.type)
-        if kind is bool:
-            group.add_argument(*names, dest=spec.name, action="store_true", help=help_text)
-        elif get_origin(kind) is tuple:  # one value or more: --flag A [B ...]
-            group.add_argument(*names, dest=spec.name, type=get_args(kind)[0], nargs="+", default=spec.default,
-                               help=help_text)
-        else:
-            group.add_argument(*names, dest=spec.name, type=kind, choices=spec.metadata["choices"],
-                               default=(defaults or {}).get(spec.name, spec.default), help=help_text)
-
-
-def from_flags(cls: type, flags: argparse.Namespace) -> Any:
-    """The settings dataclass `cls` from parsed flags (fields without a flag keep their default), checked
-    as it is built. Several values (`nargs`) become a tuple, so the settings stay immutable."""
-    values = {spec.name: getattr(flags, spec.name) for spec in fields(cls) if hasattr(flags, spec.name)}
-    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
-
-
-@contextmanager
-def user_errors_end_in_one_line(prog: str) -> Iterator[None]:
-    """A `UserError` raised inside ends the script with one line on stderr and exit status 2; a warning is
-    one line on stderr too, without the source line Python would show."""
-    def show(message: Warning | str, *_: Any, **__: Any) -> None:
-        print(f"{prog}: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        try:
-            yield
-        except UserError as error:
-            print(f"{prog}: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-
-# -----------------------------------------------------------------------------
-# checks that several scripts' settings share
-
-def require_template(settings: Any, name: str, wanted: set[str]) -> None:
-    """A prompt template names exactly the fields `wanted`, each as {field}."""
-    try:
-        named = {field for _, field, _, _ in string.Formatter().parse(getattr(settings, name)) if field is not None}
-    except ValueError as error:
-        raise UserError(f"{flag_of(settings, name)} {getattr(settings, name)!r}: not a template ({error}); write a "
-                        "literal brace as {{ or }}") from None
-    fields_text = " and ".join("{" + field + "}" for field in sorted(wanted))
-    require(settings, name, named == wanted, f"must contain {fields_text}, and no other {{field}}")
-
-
-def require_input_file(settings: Any, name: str) -> None:
-    path = getattr(settings, name)
-    require(settings, name, path.is_file(), "no such file (bash setup.sh copies the course data into data/)")
-
-
-def require_extra_train(settings: Any) -> None:
-    """Every --extra_train file (a task's extra labelled training rows) is there."""
-    for path in settings.extra_train:
-        if not path.is_file():
-            raise UserError(f"--extra_train {path}: no such file")
-
-
-def require_writable(settings: Any, name: str, directory: bool = False) -> None:
-    """An output file (or `directory`) can be written: nothing of the other kind stands in its place, and the
-    nearest folder that exists is writable (files are written beside their target first, then renamed)."""
-    path = getattr(settings, name)
-    if path is None:
-        return
-    if path.exists():
-        require(settings, name, path.is_dir() == directory, "is a file" if directory else "is a directory")
-    folder = (path if directory else path.parent).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    require(settings, name, existing.is_dir() and os.access(existing, os.W_OK),
-            f"cannot be written: {existing} is {'not writable' if existing.is_dir() else 'a file'}")
-
-
-# -----------------------------------------------------------------------------
-# the settings every task script has
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -197,11 +80,13 @@ class TrainSettings:
     train_limit: int = setting(0, "train on a seeded sample of N training examples; 0: all")
     seed: int = setting(11711, "seeds the data order, initialisation, dropout and sampling")
     log_every: int = setting(10, "optimizer steps between training-loss lines in metrics.jsonl", on_resume=FREE)
+    eval_batch_size: int | None = setting(None, "examples per batch when scoring dev and test (no gradients); "
+                                                "default: 4 times the training batch", on_resume=FREE)
 
     def __post_init__(self) -> None:
         require_range(self, "epochs", 0)
         require_range(self, "lr", 0, low_open=True)
-        for name in ("batch_size", "grad_accum", "keep_best", "log_every"):
+        for name in ("batch_size", "grad_accum", "keep_best", "log_every", "eval_batch_size"):
             require_range(self, name, 1)
         require_range(self, "weight_decay", 0)
         require_range(self, "warmup_ratio", 0, 1)
@@ -277,18 +162,20 @@ class ScriptSettings:
         require(self.run, "resume", not self.run.resume or self.train.epochs > 0,
                 "continues training up to --epochs; give the run's --epochs (or more), not 0")
 
+    def resolved(self, lr: float | None = None, batch_size: int | None = None) -> Self:
+        """These settings with every default that a script or another setting decides filled in, once, at
+        start-up: the learning rate and batch size where the flags give none (`lr`, `batch_size`: the script's
+        defaults), the scoring batch (4 times the training batch), and with --ulmfit ULMFiT's discriminative
+        learning rates (/2.6 per layer down, unless --layer_lr_decay is given) and slanted triangular schedule
+        (warm-up 0.1 of the steps, unless --warmup_ratio is given). Below start-up no setting is None for
+        "decide later"."""
+        train = self.train
+        train = replace(train, lr=train.lr or lr, batch_size=train.batch_size or batch_size)
+        train = replace(train, eval_batch_size=train.eval_batch_size or 4 * train.batch_size)
+        if self.strategy.ulmfit:
+            train = replace(train, layer_lr_decay=1 / 2.6 if train.layer_lr_decay == 1.0 else train.layer_lr_decay,
+                            scheduler="slanted_triangular", warmup_ratio=train.warmup_ratio or 0.1)
+        return replace(self, train=train)
 
-def settings_parser(cls: type[ScriptSettings], prog: str, description: str,
-                    options: dict[str, dict[str, Any]]) -> FlagParser:
-    """The command line of a script whose settings are `cls`: the task's groups first, then the shared ones.
-    `options` holds, by group, what `add_flags` takes besides the group (`skip`, `defaults`, `helps`)."""
-    parser = FlagParser(prog=prog, description=description, formatter_class=HelpFormatter)
-    shared = {group.name for group in fields(ScriptSettings)}
-    for group in sorted(fields(cls), key=lambda group: group.name in shared):
-        add_flags(parser, group.type, **options.get(group.name, {}))
-    return parser
 
-
-def settings_from_flags(cls: type[ScriptSettings], flags: argparse.Namespace) -> Any:
-    """A script's settings from its parsed flags: every group built, so every value checked."""
-    return cls(**{group.name: from_flags(group.type, flags) for group in fields(cls)})
+SHARED_GROUPS = ("model", "train", "strategy", "run")  # a script's own groups come first in its --help

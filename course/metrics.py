@@ -7,7 +7,7 @@ import pronouncing
 from sacrebleu.metrics import CHRF
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from training.course_files import some_of
+from course.files import some_of
 
 SONNET_LINES = 14
 # Shakespearean scheme ABAB CDCD EFEF GG as 0-based line pairs

@@ -1,5 +1,5 @@
 """Comparing finished runs. Runs of one task whose settings differ only in the seed, or in settings that do not
-change a run's results (output paths, speed switches, ...: `config.setting`'s `changes_results`), form a
+change a run's results (output paths, speed switches, ...: `flags.setting`'s `changes_results`), form a
 group; each group's best dev metrics are the mean and standard deviation over its seeds. The comparison is a
 Markdown table, a CSV file and a picture of the dev curves; `python experiments.py compare` shows it.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from config import UserError, flag_of, setting, shown
-from training.course_files import write_atomically
+from course.files import write_atomically
+from flags import UserError, flag_of, require_writable, setting, shown
 from training.run_dir import SETTINGS_FILE, RunResult, jsonable, read_record, result_of
 from training.run_log import read_records, save_figure
-from training.settings import ScriptSettings, require_writable
+from training.settings import ScriptSettings
 
 ADVICE = "mend it, or leave that run out of the comparison"
 SCRIPTS = ("classifier.py", "paraphrase_detection.py", "sonnet_generation.py")  # the scripts that write runs
@@ -120,7 +120,7 @@ def script_settings(directory: Path, record: dict[str, Any]) -> type[ScriptSetti
 
 def learning_settings(directory: Path, record: dict[str, Any]) -> dict[str, Any]:
     """The recorded settings that may change a run's results, by flag: all but the seed and those that do not
-    (`config.setting`'s `changes_results`), each as recorded (or its default, if the run was recorded before
+    (`flags.setting`'s `changes_results`), each as recorded (or its default, if the run was recorded before
     it existed); and the SHA-256 of each data file, so runs on other data are not averaged together."""
     settings = {}
     for group in fields(script_settings(directory, record)):

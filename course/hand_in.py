@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from config import UserError
-from training.course_files import (PARAPHRASE_ANSWERS, SENTIMENT_NUM_LABELS, paraphrase_labels, read_paraphrase,
-                                   read_predictions, read_sentiment, read_sonnets, some_of)
+from course.files import (PARAPHRASE_ANSWERS, SENTIMENT_NUM_LABELS, paraphrase_labels, read_paraphrase,
+                          read_predictions, read_sentiment, some_of)
+from course.sonnets import read_sonnets
+from flags import UserError
 
 MODES = ("full-model", "last-linear-layer")
 INPUT_SPLITS = {"dev": "dev", "test": "test-student"}  # a prediction file's split -> its input file's
