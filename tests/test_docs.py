@@ -26,7 +26,7 @@ README_LIMIT = 12_000  # bytes: a ten-minute read
 # The project's commands, by file name. Each has `build_parser()` except benchmark.py, whose `parse_args()`
 # builds its parser and reads sys.argv.
 SCRIPTS = ("classifier.py", "paraphrase_detection.py", "sonnet_generation.py", "evaluation.py",
-           "prepare_submit.py", "experiments.py", "benchmark.py")
+           "prepare_submit.py", "experiments.py", "benchmark.py", "predict.py", "export.py")
 PYTHONS = re.compile(r"(.*/)?python(3(\.\d+)?)?")
 TORCHRUN = re.compile(r"(.*/)?torchrun")
 SHELL_BLOCKS = ("", "bash", "sh", "shell", "console")
