@@ -26,12 +26,13 @@ from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
                                refuse_member_flags)
-from training.inference import predict
+from training.inference import DevOutputs, predict
 from training.loop import Task, train_and_restore_best
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
 from training.objectives import ClassificationObjective, classification_loss
-from training.run_dir import Run, plan_run
+from training.run_dir import Run, plan_run, require_separate_run_paths
 from training.settings import SHARED_GROUPS, ScriptSettings
+from training.summary import Outcome, finish
 from training.token_cache import cached_tokens
 
 # What the course's help text advises (its code defaults to lr 1e-3 in both modes and batch 8): the README's
@@ -80,6 +81,12 @@ class ClassifierSettings(ClassificationObjective):
         require(self, "pooling", not self.cloze or self.pooling == "last",
                 "--cloze reads the last token's next-word logits; it takes no --pooling")
         require(self, "label_words", self.label_words is None or self.cloze, "only with --cloze")
+        if self.label_words is not None:
+            words = [word.strip() for word in self.label_words.split(",")]
+            require(self, "label_words", all(words), "a word is empty: give one word per class, apart by commas")
+            repeated = next((word for word in words if words.count(word) > 1), None)
+            require(self, "label_words", repeated is None, f"{repeated!r} is given twice, so its second class could "
+                                                           "never be predicted: give each class a word of its own")
         for dataset in self.datasets:
             if self.label_words is not None:
                 count = len(self.label_words.split(","))
@@ -122,6 +129,17 @@ class Settings(ScriptSettings):
         require(task, "cloze", not task.cloze or whole_model or self.train.epochs == 0,
                 "has no new head to train in last-linear-layer mode; use --epochs 0 for zero-shot, or "
                 "--fine-tune-mode full-model to train GPT-2 (all of it, or through --lora)")
+        trains = self.train.epochs > 0 and not self.run.ensemble
+        require_separate_run_paths(
+            self, {"--data_dir": tuple(task.data_file(dataset, split) for dataset in task.datasets for split in SPLITS),
+                   "--extra_train": task.extra_train, "--ensemble": self.run.ensemble},
+            {"--predictions_dir": tuple(task.predictions_file(dataset, split) for dataset in task.datasets
+                                        for split in PREDICTED)},
+            tuple(self.run_directory(dataset) for dataset in task.datasets) if trains else ())
+
+    def run_directory(self, dataset: str) -> Path:
+        """Where `dataset` trains: its subfolder of --run_dir, by default of runs/{fine-tune-mode}."""
+        return (self.run.run_dir or Path("runs") / self.task.fine_tune_mode) / dataset
 
 
 def build_parser() -> FlagParser:
@@ -192,18 +210,23 @@ def read_dataset(settings: Settings, dataset: str) -> dict[str, list[SentimentEx
     examples = {split: read_sentiment(task.data_file(dataset, split), num_labels, labelled=split != "test-student")
                 for split in SPLITS}
     extra = read_extra_rows(task.extra_train, lambda path: read_sentiment(path, num_labels),
+                            (task.data_file(dataset, "train"), examples["train"]),
                             {f"--data_dir {task.data_file(dataset, split)}": examples[split]
                              for split in ("dev", "test-student")})
     examples["train"] = seeded_sample(examples["train"], settings.train.train_limit, settings.train.seed) + extra
     return examples
 
 
-def tokenized(task: ClassifierSettings, dataset: str, split: str, examples: list[SentimentExample],
+def sentence_template(task: ClassifierSettings) -> str:
+    """The prompt each sentence goes into: --prompt, else the cloze template in cloze mode, else the sentence."""
+    return task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
+
+
+def tokenized(task: ClassifierSettings, source: str, examples: list[SentimentExample],
               tokenizer: PreTrainedTokenizerBase, max_len: int) -> TokenizedDataset:
-    """`examples` of `split` in the task's prompt (the cloze template by default in cloze mode), tokenised once."""
-    template = task.prompt or (CLOZE_TEMPLATE if task.cloze else "{sentence}")
-    source = str(task.data_file(dataset, split))
-    return cached_tokens(tokenize_sentiment, examples, tokenizer, template, max_len, source)
+    """`examples` in the task's prompt, tokenised once; `source` names where they come from, in warnings."""
+    return cached_tokens(tokenize_sentiment, examples, tokenizer, sentence_template(task), max_len, source,
+                         task.course_preprocessing)
 
 
 def sentence_logits(model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -229,11 +252,12 @@ def write_and_grade(task: ClassifierSettings, dataset: str, ids: dict[str, list[
     for split in PREDICTED:
         write_on_main(write_predictions, task.predictions_file(dataset, split), ids[split], labels[split],
                       SENTIMENT_HEADER)
-    return evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"))
+    return evaluation.grade(task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev"),
+                            num_labels=SENTIMENT_NUM_LABELS[dataset])
 
 
 def run_dataset(settings: Settings, examples: dict[str, list[SentimentExample]], run: Run | None,
-                tokenizer: PreTrainedTokenizerBase, words: list[int] | None, device: torch.device) -> dict[str, float]:
+                tokenizer: PreTrainedTokenizerBase, words: list[int] | None, device: torch.device) -> Outcome:
     """Train on the `examples` of the dataset of `settings` (`dataset_settings`) unless `run` is None, write its
     prediction files and grade the dev file. `words` are the cloze label words' token ids."""
     task, train, dataset = settings.task, settings.train, settings.task.dataset
@@ -241,30 +265,38 @@ def run_dataset(settings: Settings, examples: dict[str, list[SentimentExample]],
     num_labels = SENTIMENT_NUM_LABELS[dataset]
     model = build_model(settings, dataset, words).to(device)
     max_len = model.gpt.config.max_position_embeddings
-    data = {split: tokenized(task, dataset, split, examples[split], tokenizer, max_len) for split in SPLITS}
+    data = {split: tokenized(task, str(task.data_file(dataset, split)), examples[split], tokenizer, max_len)
+            for split in SPLITS}
     train_data, dev = data["train"], data["dev"]
     print(f"{dataset}: {len(train_data)} train, {len(dev)} dev, {len(data['test-student'])} test; "
           f"{count_parameters(model)}")
 
-    def evaluate() -> dict[str, float]:
-        return dev_metrics(dev, class_logits(model, dev, settings, device, f"{dataset} dev"), num_labels)
+    dev_logits = DevOutputs(lambda: class_logits(model, dev, settings, device, f"{dataset} dev"))
 
+    def evaluate() -> dict[str, float]:
+        return dev_metrics(dev, dev_logits.after_epoch(), num_labels)
+
+    log = None
     if run is not None:
         num_layers = model.gpt.config.num_hidden_layers
         unfreeze = gradual_unfreezing(model, num_layers) if settings.strategy.ulmfit else None
-        train_and_restore_best(model, run, train, settings.model.precision, num_layers,
-                               EpochBatches(train_data, train.batch_size, train.seed),
-                               Task(lambda batch: classification_loss(model, batch, task), evaluate,
-                                    on_epoch_start=unfreeze))
+        log = train_and_restore_best(model, run, train, settings.model.precision, num_layers,
+                                     EpochBatches(train_data, train.batch_size, train.seed),
+                                     Task(lambda batch: classification_loss(model, batch, task), evaluate,
+                                          on_epoch_start=unfreeze))
 
-    labels = {split: class_logits(model, data[source], settings, device, f"{dataset} {split}").argmax(-1).tolist()
-              for split, source in PREDICTED.items()}
+    logits = {"dev": dev_logits.restored(run, log, exact=not settings.strategy.lora),
+              "test": class_logits(model, data[PREDICTED["test"]], settings, device, f"{dataset} test")}
+    labels = {split: logits[split].argmax(-1).tolist() for split in PREDICTED}
     results = write_and_grade(task, dataset, {split: data[source].ids for split, source in PREDICTED.items()}, labels)
     majority = max(set(train_data.labels), key=train_data.labels.count)
     baseline = sum(label == majority for label in dev.labels) / len(dev)
     print(f"{dataset} dev: accuracy {results['accuracy']:.4f}, macro-F1 {results['macro_f1']:.4f} "
           f"(majority class {majority}: accuracy {baseline:.4f})")
-    return results
+    answered = {task.predictions_file(dataset, split): task.data_file(dataset, source)
+                for split, source in PREDICTED.items()}
+    return Outcome(dataset, run, log, answered,
+                   ("grade", task.predictions_file(dataset, "dev"), task.data_file(dataset, "dev")))
 
 
 def plan_dataset_run(settings: Settings, command: list[str], device: torch.device) -> Run | None:
@@ -273,7 +305,7 @@ def plan_dataset_run(settings: Settings, command: list[str], device: torch.devic
     if settings.train.epochs == 0:
         return None
     task, dataset = settings.task, settings.task.dataset
-    directory = (settings.run.run_dir or Path("runs") / task.fine_tune_mode) / dataset
+    directory = settings.run_directory(dataset)
     data = {f"--data_dir ({split})": task.data_file(dataset, split) for split in ("train", "dev")}
     data |= {f"--extra_train ({path})": path for path in task.extra_train}
     return plan_run(settings, directory, task_name(dataset), data, command, device)
@@ -319,7 +351,8 @@ def vote_of(member: Member, dataset: str, examples: dict[str, list[SentimentExam
     max_len = model.gpt.config.max_position_embeddings
     logits, data = {}, {}
     for split, source in PREDICTED.items():
-        data[split] = tokenized(settings.task, dataset, source, examples[source], tokenizer, max_len)
+        data[split] = tokenized(settings.task, str(settings.task.data_file(dataset, source)), examples[source],
+                                tokenizer, max_len)
         logits[split] = class_logits(model, data[split], settings, device, f"{member.directory} {split}")
     vote.add(member, best_epoch, logits, dev_metrics(data["dev"], logits["dev"], SENTIMENT_NUM_LABELS[dataset]))
 
@@ -339,8 +372,8 @@ def main(argv: list[str]) -> None:
         runs = {dataset: plan_dataset_run(one, command, device) for dataset, one in per_dataset.items()}
         tokenizer = tokenizer_for(settings.model)
         words = {dataset: cloze_words(tokenizer, settings.task, dataset) for dataset in runs}
-        for dataset, run in runs.items():
-            run_dataset(per_dataset[dataset], examples[dataset], run, tokenizer, words[dataset], device)
+        finish([run_dataset(per_dataset[dataset], examples[dataset], run, tokenizer, words[dataset], device)
+                for dataset, run in runs.items()])
 
 
 if __name__ == "__main__":

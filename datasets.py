@@ -131,11 +131,30 @@ class EpochBatches:
         return -(-len(self.data) // self.batch_size)  # every window but the last holds whole batches
 
 
+def course_sentence(text: str) -> str:
+    """A sentiment sentence as the course's classifier.py reads it: lowercased."""
+    return text.lower().strip()
+
+
+def course_question(text: str) -> str:
+    """A Quora question as the course's datasets.py reads it: lowercased, with . ? , and ' split from the word
+    before them, and each run of whitespace one space."""
+    for mark in ".?,'":
+        text = text.replace(mark, " " + mark)
+    return " ".join(text.lower().split())
+
+
+def as_written(text: str) -> str:
+    return text
+
+
 def tokenize_sentiment(examples: list[Sentence], tokenizer: PreTrainedTokenizerBase, template: str,
-                       max_len: int, source: str) -> TokenizedDataset:
+                       max_len: int, source: str, course_preprocessing: bool = False) -> TokenizedDataset:
+    """Each sentence in `template` (field {sentence}); with `course_preprocessing`, lowercased first."""
+    prepare = course_sentence if course_preprocessing else as_written
     tokens, cut = [], 0
     for example in examples:
-        ids, truncated = encode_prompt(tokenizer, template, {"sentence": example.sentence}, max_len)
+        ids, truncated = encode_prompt(tokenizer, template, {"sentence": prepare(example.sentence)}, max_len)
         tokens.append(ids)
         cut += truncated
     if cut:
@@ -145,14 +164,17 @@ def tokenize_sentiment(examples: list[Sentence], tokenizer: PreTrainedTokenizerB
 
 
 def tokenize_paraphrase(examples: list[SentencePair], tokenizer: PreTrainedTokenizerBase, template: str,
-                        max_len: int, source: str, symmetric: bool = False) -> TokenizedDataset:
-    """Each pair in `template` (fields {s1} and {s2}); with `symmetric`, also with the two swapped."""
+                        max_len: int, source: str, symmetric: bool = False,
+                        course_preprocessing: bool = False) -> TokenizedDataset:
+    """Each pair in `template` (fields {s1} and {s2}); with `symmetric`, also with the two swapped; with
+    `course_preprocessing`, the questions prepared as the course's code does (`course_question`)."""
+    prepare = course_question if course_preprocessing else as_written
     orders = [("sentence1", "sentence2"), ("sentence2", "sentence1")] if symmetric else [("sentence1", "sentence2")]
     encoded, cut = [], 0
     for first, second in orders:
         tokens = []
         for example in examples:
-            fields = {"s1": getattr(example, first), "s2": getattr(example, second)}
+            fields = {"s1": prepare(getattr(example, first)), "s2": prepare(getattr(example, second))}
             ids, truncated = encode_prompt(tokenizer, template, fields, max_len)
             tokens.append(ids)
             cut += truncated

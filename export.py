@@ -22,16 +22,18 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+import classifier
 import paraphrase_detection as para
 from config import END_OF_TEXT_ID, GPT2Config
-from course.files import ParaphraseExample, SentimentExample, current_umask, some_of
+from course.files import ParaphraseExample, current_umask, some_of
 from datasets import sonnet_text
 from flags import (FlagParser, UserError, require, require_writable, settings_from_flags, settings_parser,
                    user_errors_end_in_one_line)
+from models.classification import GPT2Classifier
 from models.gpt2 import GPT2Model
+from models.hf_checkpoint import to_hf_names
 from models.tokenizer import TOKENIZER_FILES
-from predict import (best_model, class_names, demonstration_pairs, finished_run, finished_run_problem,
-                     tokenized_sentences)
+from predict import best_model, class_names, demonstration_pairs, finished_run, finished_run_problem
 from training.ensemble import Member
 from training.model_setup import tokenizer_for
 from training.run_dir import result_of
@@ -96,44 +98,23 @@ def architecture_of(run: Member) -> str:
     return SEQUENCE_CLASSIFICATION
 
 
-def head_weight(run: Member, head: nn.Linear) -> torch.Tensor:
-    """The run's linear head as GPT2ForSequenceClassification's `score` layer, which has no bias: refused unless
-    the head's bias is zero."""
-    if head.bias.count_nonzero():
-        raise UserError(f"{run.directory}: its head adds a bias to each class's logit (up to "
-                        f"{head.bias.abs().max().item():.3g}), and GPT2ForSequenceClassification's score layer has "
-                        f"none, so its logits would differ; predict with it by `python predict.py {run.directory}`")
-    return head.weight
-
-
-def hf_tensors(gpt: GPT2Model) -> dict[str, torch.Tensor]:
-    """Our GPT-2's weights under transformers' names, as its GPT-2 classes save them (the inverse of
-    `hf_checkpoint.to_our_names`): Conv1D weights as [in, out], the attention's projections as one."""
-    ours = gpt.state_dict()
-
-    def conv1d(*names: str) -> torch.Tensor:  # nn.Linear weights [out, in], side by side as one Conv1D [in, out]
-        return torch.cat([ours[name] for name in names]).t()
-
-    hf = {"wte.weight": ours["word_embedding.weight"], "wpe.weight": ours["position_embedding.weight"],
-          "ln_f.weight": ours["final_layer_norm.weight"], "ln_f.bias": ours["final_layer_norm.bias"]}
-    for i in range(gpt.config.num_hidden_layers):
-        p, q = f"h.{i}.", f"layers.{i}."
-        attention = [f"{q}self_attention.{name}" for name in ("query", "key", "value")]
-        hf |= {
-            p + "ln_1.weight": ours[q + "attention_layer_norm.weight"],
-            p + "ln_1.bias": ours[q + "attention_layer_norm.bias"],
-            p + "attn.c_attn.weight": conv1d(*(name + ".weight" for name in attention)),
-            p + "attn.c_attn.bias": torch.cat([ours[name + ".bias"] for name in attention]),
-            p + "attn.c_proj.weight": conv1d(q + "self_attention.dense.weight"),
-            p + "attn.c_proj.bias": ours[q + "self_attention.dense.bias"],
-            p + "ln_2.weight": ours[q + "out_layer_norm.weight"],
-            p + "ln_2.bias": ours[q + "out_layer_norm.bias"],
-            p + "mlp.c_fc.weight": conv1d(q + "feed_forward.interm_dense.weight"),
-            p + "mlp.c_fc.bias": ours[q + "feed_forward.interm_dense.bias"],
-            p + "mlp.c_proj.weight": conv1d(q + "feed_forward.out_dense.weight"),
-            p + "mlp.c_proj.bias": ours[q + "feed_forward.out_dense.bias"],
-        }
-    return {"transformer." + name: tensor.float().contiguous() for name, tensor in hf.items()}
+def sequence_classifier_tensors(run: Member, model: GPT2Classifier) -> dict[str, torch.Tensor]:
+    """The run's linear head as GPT2ForSequenceClassification's `score` layer, which has no bias. There only
+    `score` reads the final LayerNorm's output, so the head's bias b moves into that LayerNorm's bias as a shift
+    δ with W·δ = b: the least-norm δ, found in float64, exact when the weight W has full row rank (as a trained
+    head's has). Returns `score.weight` and the shifted `ln_f.bias`; refused, with the reason, when no shift
+    gives b to float32 precision."""
+    weight, bias = model.classifier.weight.detach().double(), model.classifier.bias.detach().double()
+    layer_norm_bias = model.gpt.final_layer_norm.bias.detach().double()
+    shifted = (layer_norm_bias + torch.linalg.pinv(weight) @ bias).float()
+    if not torch.allclose(weight @ (shifted.double() - layer_norm_bias), bias, rtol=1e-5, atol=1e-6):
+        raise UserError(f"{run.directory}: its head adds a bias to each class's logit, which "
+                        "GPT2ForSequenceClassification's score layer lacks, and no shift of the final LayerNorm's "
+                        f"output adds it: the head's {weight.shape[0]} rows of weights have rank "
+                        f"{torch.linalg.matrix_rank(weight).item()}; predict with it by "
+                        f"`python predict.py {run.directory}`")
+    return {"score.weight": model.classifier.weight.detach().float().contiguous(),
+            "transformer.ln_f.bias": shifted.contiguous()}
 
 
 def hf_config(config: GPT2Config, architecture: str, labels: list[str] | None = None) -> transformers.GPT2Config:
@@ -155,17 +136,12 @@ def hf_config(config: GPT2Config, architecture: str, labels: list[str] | None = 
 # -----------------------------------------------------------------------------
 # the model card
 
-def rendered_prompt(run: Member, tokenizer: PreTrainedTokenizerBase, demonstrations: list[ParaphraseExample],
-                    max_len: int) -> str:
-    """The run's prompt, each field shown as {name}: as the run's own tokenisation renders a field of that text."""
+def prompt_text(run: Member, demonstrations: list[ParaphraseExample]) -> str:
+    """The run's prompt, each field shown as {name}."""
     settings = run.settings
     if run.task == "paraphrase":
-        template = para.prompt_template(settings.task, demonstrations, settings.train.seed)
-        data = para.tokenized(settings.task, [ParaphraseExample("0", "{s1}", "{s2}", None)], Path("the prompt"),
-                              tokenizer, template, max_len)
-    else:
-        data = tokenized_sentences(run, [SentimentExample("0", "{sentence}", None)], "the prompt", tokenizer, max_len)
-    return tokenizer.decode(data.tokens[0], clean_up_tokenization_spaces=False)
+        return para.prompt_template(settings.task, demonstrations, settings.train.seed).format(s1="{s1}", s2="{s2}")
+    return classifier.sentence_template(settings.task).format(sentence="{sentence}")
 
 
 def decision(run: Member, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
@@ -176,7 +152,7 @@ def decision(run: Member, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
         return (f"A prompt is a sonnet's first lines, each ended by a newline ({sonnet_text(['a', 'b'])!r} for two). "
                 f"The run wrote its sonnets with `--decoding {settings.task.decoding}` and the decoding settings "
                 "below, ending each at `<|endoftext|>` or after the 14th line.")
-    prompt = rendered_prompt(run, tokenizer, demonstrations, model.gpt.config.max_position_embeddings)
+    prompt = prompt_text(run, demonstrations)
     names = class_names(run)
     text = f"Each input goes into this prompt (fields in braces):\n\n```text\n{prompt}\n```\n\n"
     if model.cloze:
@@ -186,7 +162,9 @@ def decision(run: Member, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
                  f"token: {words}.")
     else:
         text += (f"The class is the largest of the model's logits ({', '.join(names)}). GPT2ForSequenceClassification "
-                 "reads the last token that is not its pad token, `<|endoftext|>` (50256): end no input with it.")
+                 "reads the last token that is not its pad token, `<|endoftext|>` (50256): end no input with it. "
+                 "Its score layer has no bias, so the run's head bias is folded into the final LayerNorm's bias: "
+                 "this model's GPT-2 is the run's but for that shift.")
     if run.task == "paraphrase" and settings.task.symmetric:
         text += " The run averages the logits of both orders of a pair ({s1} and {s2} swapped)."
     return text
@@ -299,9 +277,9 @@ def main(argv: list[str]) -> None:
         tokenizer = tokenizer_for(run.settings.model)
         model, best_epoch = best_model(run, tokenizer, torch.device("cpu"))
         gpt = model if isinstance(model, GPT2Model) else model.gpt
-        tensors, config = hf_tensors(gpt), hf_config(gpt.config, architecture)
+        tensors, config = to_hf_names(gpt.state_dict(), gpt.config), hf_config(gpt.config, architecture)
         if architecture == SEQUENCE_CLASSIFICATION:
-            tensors["score.weight"] = head_weight(run, model.classifier).float().contiguous()
+            tensors |= sequence_classifier_tensors(run, model)
             config = hf_config(gpt.config, architecture, class_names(run))
         card = model_card(run, architecture, gpt.config, decision(run, model, tokenizer, demonstrations),
                           settings.out_dir, best_epoch)

@@ -1,18 +1,25 @@
 """The flag framework every command shares, below everything else (it imports no torch): a setting is a
 dataclass field that is also a command-line flag (`setting`); its value is checked where its dataclass is built
 (`require`, `require_range`, ...) and refused as a `UserError`, which a command ends with in one line
-(`user_errors_end_in_one_line`); `settings_parser` builds a command line from such dataclasses and
-`settings_from_flags` builds them back from the parsed flags."""
+(`user_errors_end_in_one_line`, which also runs what must be undone as a command ends: `at_command_end`);
+`require_separate_paths` keeps a command's outputs off its inputs and the project's own files; `settings_parser`
+builds a command line from such dataclasses and `settings_from_flags` builds them back from the parsed flags."""
 import argparse
+import atexit
+import fnmatch
 import math
 import os
+import signal
 import string
 import sys
+import threading
+import time
 import types
 import warnings
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import field, fields
+from pathlib import Path
 from typing import Any, NoReturn, Union, get_args, get_origin
 
 
@@ -131,20 +138,85 @@ def from_flags(cls: type, flags: argparse.Namespace) -> Any:
     return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
 
+# What each command under way must do as it ends (innermost last), e.g. release a run directory's lock.
+_ENDINGS: list[ExitStack] = []
+AGAIN = "free space or make the folder writable, then run the command again"
+OTHER_RANKS_WAIT = 2.0  # seconds: longer than the ranks start apart, so that rank 0 prints first
+
+
+def prints_messages() -> bool:
+    """Whether this process prints refusals and warnings: under torchrun only rank 0 does (flags.py reads the
+    rank from the environment, as it imports no torch), so a refusal shows once, not once per process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def user_errors_end_in_one_line(prog: str) -> Iterator[None]:
-    """A `UserError` raised inside ends the script with one line on stderr and exit status 2; a warning is
-    one line on stderr too, without the source line Python would show."""
+    """A `UserError` raised inside ends the script with one line on stderr and exit status 2, as does an
+    `OSError` naming a file (a folder that cannot be written, a full disk); a warning is one line on stderr
+    too, without the source line Python would show. What `at_command_end` registers inside runs as the block
+    ends, however it ends. Under torchrun every process exits alike, and only rank 0 prints."""
     def show(message: Warning | str, *_: Any, **__: Any) -> None:
-        print(f"{prog}: warning: {message}", file=sys.stderr)
+        if prints_messages():
+            print(f"{prog}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
         try:
-            yield
+            with ExitStack() as ending:
+                _ENDINGS.append(ending)
+                try:
+                    yield
+                finally:
+                    _ENDINGS.pop()
         except UserError as error:
-            print(f"{prog}: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            refuse(prog, str(error))
+        except OSError as error:
+            if error.filename is None:  # not about a file of the user's: a fault of the code, with its traceback
+                raise
+            refuse(prog, f"{error.filename}: {error.strerror}; {AGAIN}")
+
+
+def refuse(prog: str, message: str) -> NoReturn:
+    if prints_messages():
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    else:  # torchrun stops every process once one fails: the others wait for rank 0 to print
+        time.sleep(OTHER_RANKS_WAIT)
+    raise SystemExit(2) from None
+
+
+def at_command_end(on_exit: Callable[[type[BaseException] | None, BaseException | None, Any], Any]) -> None:
+    """Call `on_exit` when the command under way (the `user_errors_end_in_one_line` block) ends, with what
+    `__exit__` receives: the exception that ends it, if any, which `on_exit` may replace by raising a
+    `UserError`. Outside a command (code used from Python), at interpreter exit."""
+    if _ENDINGS:
+        _ENDINGS[-1].push(on_exit)
+    else:
+        atexit.register(on_exit, None, None, None)
+
+
+def sigterm_ends_command() -> None:
+    """For the rest of the command under way, SIGTERM raises SystemExit (143, the shell's code for it), as Ctrl-C
+    raises KeyboardInterrupt, so that what `at_command_end` registered runs however the command is stopped. A
+    handler set already (training's) keeps SIGTERM; outside a command, or off the main thread, nothing changes."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not (_ENDINGS and main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    _ENDINGS[-1].callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def errors_name(path: Path) -> Iterator[None]:
+    """An `OSError` inside names `path`, the file being written, rather than the temporary file beside it."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 # -----------------------------------------------------------------------------
@@ -185,6 +257,89 @@ def require_writable(settings: Any, name: str, directory: bool = False) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     require(settings, name, existing.is_dir() and os.access(existing, os.W_OK),
             f"cannot be written: {existing} is {'not writable' if existing.is_dir() else 'a file'}")
+
+
+# -----------------------------------------------------------------------------
+# what a command may write (docs/data-files.md#what-a-command-may-write)
+
+PROJECT = Path(__file__).resolve().parent
+# The project's own folders (its code, tests and documents) and the endings of its own top-level files (code,
+# documents, settings): no output goes there. Data and outputs go in data/, predictions/, runs/, or elsewhere.
+PROJECT_FOLDERS = ("course", "models", "modules", "tools", "training", "tests", "docs")
+SOURCE_SUFFIXES = (".py", ".md", ".sh", ".ini", ".txt", ".toml", ".cfg", ".json", ".yaml", ".yml", ".ipynb")
+Paths = Path | tuple[Path, ...] | None  # what a flag names: one path, several, or none (a flag not given)
+
+
+def is_project_own(path: Path) -> bool:
+    """Whether `path` (resolved) is the project folder, lies in one of its own folders or a hidden one (.git,
+    .venv), or is a top-level file with one of the source endings."""
+    if not path.is_relative_to(PROJECT):
+        return False
+    parts = path.relative_to(PROJECT).parts
+    return (not parts or parts[0] in PROJECT_FOLDERS or parts[0].startswith(".")
+            or (len(parts) == 1 and path.suffix in SOURCE_SUFFIXES))
+
+
+def named_paths(paths: dict[str, Paths]) -> list[tuple[str, Path, Path]]:
+    """(flag, path as given, path resolved with links followed) for each path of each flag."""
+    return [(flag, path, path.resolve()) for flag, value in paths.items() if value is not None
+            for path in (value if isinstance(value, tuple) else (value,))]
+
+
+def require_separate_paths(inputs: dict[str, Paths], outputs: dict[str, Paths],
+                           run_dirs: dict[str, Paths] | None = None, run_files: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line naming both flags, a command that would write over what it reads or writes, before
+    it reads anything. `inputs`: the files it reads and the folders it reads from, by flag; `outputs`: the
+    files it writes; `run_dirs`: the run directories it keeps its runs in, whose own files match the glob
+    patterns `run_files`. Paths compare resolved, links followed. Refused: an output or run directory that is
+    the project's own (`is_project_own`), is an input or lies in one; a run directory that holds an input; two
+    outputs that are one file, or one inside the other; an output that is a run directory, holds one, or takes
+    the place of a run's own file (`run_file`). Other paths in a run directory are free."""
+    read, written, runs = named_paths(inputs), named_paths(outputs), named_paths(run_dirs or {})
+    for entries, is_run_dir in ((written, False), (runs, True)):
+        for flag, path, real in entries:
+            require_apart_from_inputs(flag, path, real, read, is_run_dir)
+    for index, (flag, path, real) in enumerate(written):
+        for other_flag, other, other_real in written[index + 1:]:
+            if real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                where = "is also" if real == other_real else "lies in or holds"
+                raise UserError(f"{flag} {path}: {where} {other_flag} {other}; each output needs a file of its own")
+        for run_flag, run_dir, run_real in runs:
+            inside = real != run_real and real.is_relative_to(run_real)
+            owned = run_file(real.relative_to(run_real), run_files) if inside else None
+            if owned or run_real.is_relative_to(real):
+                what = f"its own {owned}" if owned else "where the run keeps its files"
+                raise UserError(f"{flag} {path}: is a path of the run in {run_flag} {run_dir} ({what}); pick another "
+                                "name or folder")
+
+
+def run_file(relative: Path, patterns: tuple[str, ...]) -> str | None:
+    """The glob pattern of a run's own file, or of a folder of them, whose place `relative` (a path in the run
+    directory) would take; None if none."""
+    for pattern in patterns:
+        parts = pattern.split("/")
+        if len(relative.parts) == len(parts) and fnmatch.fnmatchcase(relative.as_posix(), pattern):
+            return pattern
+        if len(relative.parts) < len(parts) and relative.parts == tuple(parts[:len(relative.parts)]):
+            return "/".join(parts[:len(relative.parts)]) + "/"
+    return None
+
+
+def require_apart_from_inputs(flag: str, path: Path, real: Path, read: list[tuple[str, Path, Path]],
+                              is_run_dir: bool) -> None:
+    """The output `path` (`real`, resolved) of `flag` is not the project's own, not an input, not in an input
+    folder, and (a run directory) holds no input."""
+    if is_project_own(real):
+        raise UserError(f"{flag} {path}: is part of the project itself (its code, tests, documents or settings), "
+                        "which no output replaces: pick another path")
+    for input_flag, given, input_real in read:
+        if real.is_relative_to(input_real):
+            where = "is also" if real == input_real else "lies in"
+            raise UserError(f"{flag} {path}: {where} {input_flag} {given}, which this command reads; an output never "
+                            "replaces an input")
+        if is_run_dir and input_real.is_relative_to(real):
+            raise UserError(f"{flag} {path}: holds {input_flag} {given}, which this command reads; a run directory "
+                            "holds only its run's files: pick another")
 
 
 def settings_parser(cls: type, prog: str, description: str, options: dict[str, dict[str, Any]],

@@ -3,7 +3,6 @@ language-model head; train, keep the best dev epoch, write the course's predicti
 
     python paraphrase_detection.py --use_gpu
 """
-import json
 import random
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ import evaluation
 from config import NO_ID, YES_ID
 from course.files import PARAPHRASE_HEADER, ParaphraseExample, read_extra_rows, read_paraphrase, write_predictions
 from course.metrics import classification_metrics
-from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, tokenize_paraphrase
+from datasets import (BATCH_PADDING, EpochBatches, TokenizedDataset, as_written, course_question, seeded_sample,
+                      tokenize_paraphrase)
 from flags import (FREE, FlagParser, UserError, require, require_extra_train, require_input_file, require_range,
                    require_template, require_writable, setting, settings_from_flags, settings_parser,
                    user_errors_end_in_one_line)
@@ -28,12 +28,13 @@ from training.device import choose_device
 from training.distributed import write_on_main
 from training.ensemble import (RUNTIME_SETTINGS, Member, RunOrEnsembleSettings, Vote, load_best, read_members,
                                refuse_member_flags)
-from training.inference import predict
+from training.inference import DevOutputs, predict
 from training.loop import Task, train_and_restore_best
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, gradual_unfreezing, tokenizer_for
 from training.objectives import ClassificationObjective, classification_loss
-from training.run_dir import plan_run, sha256
+from training.run_dir import plan_run, require_separate_run_paths, sha256
 from training.settings import SHARED_GROUPS, ScriptSettings
+from training.summary import Outcome, finish
 from training.token_cache import cached_tokens
 
 PROMPT = 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": '
@@ -86,6 +87,16 @@ class Settings(ScriptSettings):
         super().__post_init__()
         if self.run.ensemble:
             refuse_member_flags(self, ENSEMBLE_FLAGS)
+        task, trains = self.task, self.train.epochs > 0 and not self.run.ensemble
+        require_separate_run_paths(
+            self, {"--para_train": task.para_train, "--para_dev": task.para_dev, "--para_test": task.para_test,
+                   "--extra_train": task.extra_train, "--ensemble": self.run.ensemble},
+            {"--para_dev_out": task.para_dev_out, "--para_test_out": task.para_test_out},
+            (self.run_directory(),) if trains else ())
+
+    def run_directory(self) -> Path:
+        """Where the run trains: --run_dir, by default runs/paraphrase."""
+        return self.run.run_dir or Path("runs") / "paraphrase"
 
 
 def build_parser() -> FlagParser:
@@ -113,14 +124,17 @@ def build_model(settings: Settings) -> GPT2Classifier:
 
 def prompt_template(task: ParaphraseSettings, train_examples: list[ParaphraseExample], seed: int) -> str:
     """The prompt of every pair: --prompt, after --k_shot answered training pairs drawn with `seed`."""
-    shots = demonstrations(train_examples, task.k_shot, seed, task.prompt) if task.k_shot else ""
-    return shots + task.prompt
+    if not task.k_shot:
+        return task.prompt
+    return demonstrations(train_examples, task.k_shot, seed, task.prompt, task.course_preprocessing) + task.prompt
 
 
-def demonstrations(examples, k: int, seed: int, prompt: str) -> str:
-    """k answered training pairs, as template text: braces doubled so format fields stay literal."""
-    answered = [prompt.format(s1=e.sentence1, s2=e.sentence2) + ("yes" if e.label else "no") + "\n"
-                for e in random.Random(seed).sample(examples, k)]
+def demonstrations(examples, k: int, seed: int, prompt: str, course_preprocessing: bool = False) -> str:
+    """k answered training pairs, as template text: braces doubled so format fields stay literal. Their questions
+    are prepared as the pairs' own (`course_question` with `course_preprocessing`)."""
+    prepare = course_question if course_preprocessing else as_written
+    answered = [prompt.format(s1=prepare(e.sentence1), s2=prepare(e.sentence2)) + ("yes" if e.label else "no")
+                + "\n" for e in random.Random(seed).sample(examples, k)]
     return "".join(answered).replace("{", "{{").replace("}", "}}")
 
 
@@ -142,7 +156,8 @@ def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
 def tokenized(task: ParaphraseSettings, examples: list[ParaphraseExample], path: Path,
               tokenizer: PreTrainedTokenizerBase, template: str, max_len: int) -> TokenizedDataset:
     """The pairs of `path` in `template` (both orders with --symmetric), tokenised once."""
-    return cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric)
+    return cached_tokens(tokenize_paraphrase, examples, tokenizer, template, max_len, str(path), task.symmetric,
+                         task.course_preprocessing)
 
 
 def pair_logits(model: GPT2Classifier, data: TokenizedDataset, settings: Settings, device: torch.device,
@@ -159,7 +174,9 @@ def pair_logits(model: GPT2Classifier, data: TokenizedDataset, settings: Setting
 
 def dev_metrics(dev: TokenizedDataset, logits: torch.Tensor) -> dict[str, float]:
     metrics = classification_metrics(dev.labels, logits.argmax(-1).tolist(), [0, 1])
-    return {name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")}
+    # the dev loss tells a blown-up model after a NaN (see training.loop's advice)
+    return {**{name: metrics[name] for name in ("accuracy", "f1", "precision", "recall")},
+            "loss": torch.nn.functional.cross_entropy(logits, torch.tensor(dev.labels)).item()}
 
 
 def write_and_grade(task: ParaphraseSettings, ids: dict[str, list[str]],
@@ -169,7 +186,7 @@ def write_and_grade(task: ParaphraseSettings, ids: dict[str, list[str]],
     for split, path in (("dev", task.para_dev_out), ("test", task.para_test_out)):
         answers = [NO_YES[label] for label in labels[split]]
         write_on_main(write_predictions, path, ids[split], answers, PARAPHRASE_HEADER)
-    return evaluation.grade(task.para_dev_out, task.para_dev)
+    return evaluation.grade(task.para_dev_out, task.para_dev, num_labels=len(NO_YES))
 
 
 def main(argv: list[str]) -> None:
@@ -183,8 +200,9 @@ def main(argv: list[str]) -> None:
         require(task, "k_shot", task.k_shot <= len(train_examples),
                 f"more than the {len(train_examples)} pairs of --para_train")
         examples = {"dev": read_paraphrase(task.para_dev), "test": read_paraphrase(task.para_test, labelled=False)}
-        extra = read_extra_rows(task.extra_train, read_paraphrase, {f"--para_dev {task.para_dev}": examples["dev"],
-                                                                    f"--para_test {task.para_test}": examples["test"]})
+        extra = read_extra_rows(task.extra_train, read_paraphrase, (task.para_train, train_examples),
+                                {f"--para_dev {task.para_dev}": examples["dev"],
+                                 f"--para_test {task.para_test}": examples["test"]})
         device = choose_device(settings.model.use_gpu, settings.model.precision, settings.model.deterministic)
         if members:
             run_ensemble(settings, members, train_examples, examples, device, ["paraphrase_detection.py", *argv])
@@ -193,7 +211,7 @@ def main(argv: list[str]) -> None:
         if train.epochs > 0:
             data = {"--para_train": task.para_train, "--para_dev": task.para_dev,
                     **{f"--extra_train ({path})": path for path in task.extra_train}}
-            run = plan_run(settings, settings.run.run_dir or Path("runs") / "paraphrase", TASK, data,
+            run = plan_run(settings, settings.run_directory(), TASK, data,
                            ["paraphrase_detection.py", *argv], device)
         seed_everything(train.seed)
         tokenizer = tokenizer_for(settings.model)
@@ -205,9 +223,12 @@ def main(argv: list[str]) -> None:
             (train_examples, task.para_train), (examples["dev"], task.para_dev), (examples["test"], task.para_test)))
         print(f"{len(train_data)} train, {len(dev)} dev, {len(test)} test pairs; {count_parameters(model)}")
 
-        def evaluate() -> dict[str, float]:
-            return dev_metrics(dev, pair_logits(model, dev, settings, device, "dev"))
+        dev_logits = DevOutputs(lambda: pair_logits(model, dev, settings, device, "dev"))
 
+        def evaluate() -> dict[str, float]:
+            return dev_metrics(dev, dev_logits.after_epoch())
+
+        log = None
         if run is not None:
             batches = EpochBatches(train_data, train.batch_size, train.seed)
             padding = padding_fraction(batches(0))
@@ -217,13 +238,16 @@ def main(argv: list[str]) -> None:
                                          Task(lambda batch: paraphrase_loss(model, batch, task), evaluate,
                                               on_epoch_start=unfreeze))
             report_speed(log.records, train_data, padding)
-        labels = {split: pair_logits(model, data, settings, device, path.name).argmax(-1).tolist()
-                  for split, data, path in (("dev", dev, task.para_dev_out), ("test", test, task.para_test_out))}
+        logits = {"dev": dev_logits.restored(run, log, exact=not settings.strategy.lora),
+                  "test": pair_logits(model, test, settings, device, task.para_test_out.name)}
+        labels = {split: split_logits.argmax(-1).tolist() for split, split_logits in logits.items()}
         results = write_and_grade(task, {"dev": dev.ids, "test": test.ids}, labels)
         majority = sum(label == 0 for label in dev.labels) / len(dev)
         print(f"dev: accuracy {results['accuracy']:.4f}, F1 {results['f1']:.4f}, "
               f"precision {results['precision']:.4f}, recall {results['recall']:.4f} "
               f"(majority class 'not duplicate': accuracy {majority:.4f})")
+        finish([Outcome("paraphrase", run, log, {task.para_dev_out: task.para_dev, task.para_test_out: task.para_test},
+                        ("grade", task.para_dev_out, task.para_dev))])
 
 
 def report_speed(records: list[dict], train: TokenizedDataset, padding: float) -> None:
@@ -232,9 +256,9 @@ def report_speed(records: list[dict], train: TokenizedDataset, padding: float) -
     speed = epochs[-1]["tokens_per_second"]
     tokens_per_pair = sum(len(t) for t in train.tokens) / len(train) * (2 if train.mirror else 1)
     projected = FULL_QUORA_PAIRS * tokens_per_pair / speed
-    print(json.dumps({"train_tokens_per_second": round(speed), "padding_fraction": round(padding, 4),
-                      "tokens_per_pair": round(tokens_per_pair, 1),
-                      "projected_full_epoch_minutes": round(projected / 60, 1)}))
+    print(f"training speed: {speed:,.0f} tokens/s; {padding:.1%} of the batches' tokens are padding; "
+          f"{tokens_per_pair:.1f} tokens a pair, so an epoch of the full {FULL_QUORA_PAIRS:,} pairs would take "
+          f"{projected / 60:.1f} minutes")
 
 
 # -----------------------------------------------------------------------------

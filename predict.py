@@ -8,10 +8,9 @@ The model is the run's own, rebuilt from its settings.json and best.pt as --ense
 demonstrations, label words, head and strategy, LoRA merged), so the inputs of a prediction file get its labels.
 """
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -22,22 +21,21 @@ from transformers import PreTrainedTokenizerBase
 import classifier
 import paraphrase_detection as para
 import sonnet_generation
-from course.files import SENTIMENT_NUM_LABELS, ParaphraseExample, SentimentExample, read_lines, read_paraphrase
-from datasets import TokenizedDataset, sonnet_text
+from course.files import (SENTIMENT_NUM_LABELS, ParaphraseExample, SentimentExample, lines_from_bytes, read_lines,
+                          read_paraphrase)
+from datasets import sonnet_text
 from flags import (FlagParser, UserError, add_flags, require, require_range, setting, settings_from_flags,
                    settings_parser, shown, user_errors_end_in_one_line)
 from models.decoding import DecodingConfig
 from training.device import choose_device
 from training.ensemble import RUNTIME_SETTINGS, Member, load_best, member_settings, run_directory_problem
-from training.model_setup import apply_strategy, build_gpt2, tokenizer_for
+from training.model_setup import tokenizer_for
 from training.run_dir import BEST_CHECKPOINT, SETTINGS_FILE, read_record, result_of, sha256
 from training.settings import ModelSettings
 
 # The script whose Settings and model each task's runs have, by the task its settings.json names.
 TASK_SCRIPTS: dict[str, ModuleType] = {"sentiment-sst": classifier, "sentiment-cfimdb": classifier,
                                        "paraphrase": para, "sonnets": sonnet_generation}
-# What a command that rebuilds a run decides for it: how the model runs. Nothing trains, so no --extra_train.
-FROM_COMMAND = {"model": RUNTIME_SETTINGS, "task": ("extra_train",)}
 RUNTIME_FLAGS = ("use_gpu", "precision")  # of the runtime settings, those this command shows
 # The decoding flags of sonnet_generation.py (those it shows), each the run's own unless given.
 DECODING_FLAGS = tuple(spec.name for spec in fields(DecodingConfig) if spec.name not in ("strategy", "max_lines"))
@@ -110,6 +108,12 @@ def finished_run_problem(directory: Path) -> str | None:
     return problem
 
 
+def from_this_command(runtime: ModelSettings) -> dict[str, dict[str, Any]]:
+    """What a command that rebuilds a run decides for it: how the model runs (`runtime`'s settings). Nothing
+    trains, so the run's --extra_train files are not needed."""
+    return {"model": {name: getattr(runtime, name) for name in RUNTIME_SETTINGS}, "task": {"extra_train": ()}}
+
+
 def finished_run(directory: Path, runtime: ModelSettings) -> Member:
     """The run in `directory` (`finished_run_problem` is None) with the settings it trained with, every default
     resolved, except how the model runs: `runtime`'s. Refused in one line naming the directory unless the run
@@ -121,13 +125,10 @@ def finished_run(directory: Path, runtime: ModelSettings) -> Member:
     script = TASK_SCRIPTS.get(record["task"])
     if script is None:
         raise UserError(f"{directory}: a run of {record['task']}, not of {', '.join(TASK_SCRIPTS)}")
-    # member_settings takes the settings it does not rebuild from a command's groups: here only these.
-    command = SimpleNamespace(**{group.name: None for group in fields(script.Settings)}
-                              | {"model": runtime, "task": SimpleNamespace(extra_train=())})
     try:
-        settings = member_settings(script.Settings, directory, record["settings"], command, FROM_COMMAND)
-    except UserError as error:  # it names the run as an --ensemble run; this command's run is its RUN_DIR
-        raise UserError(str(error).removeprefix("--ensemble ")) from None
+        settings = member_settings(script.Settings, record["settings"], from_this_command(runtime))
+    except UserError as error:
+        raise UserError(f"{directory}: {error}") from None
     if script is classifier:
         settings = classifier.dataset_settings(settings, settings.task.dataset)
     else:
@@ -166,9 +167,8 @@ def best_model(run: Member, tokenizer: PreTrainedTokenizerBase, device: torch.de
         model = classifier.build_model(settings, dataset, classifier.cloze_words(tokenizer, settings.task, dataset))
     elif script is para:
         model = para.build_model(settings)
-    else:  # as sonnet_generation.main builds it
-        model = build_gpt2(settings.model)
-        apply_strategy(model, settings.strategy)
+    else:
+        model = sonnet_generation.build_model(settings)
     best_epoch = load_best(model.to(device), run, device)
     return model.eval(), best_epoch
 
@@ -182,13 +182,7 @@ def input_lines(path: Path | None) -> tuple[str, list[str]]:
         return str(path), read_lines(path)
     if sys.stdin.isatty():
         print("predict.py: reading the inputs from standard input; end them with Ctrl-D", file=sys.stderr)
-    data = sys.stdin.buffer.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise UserError(f"standard input, line {line}: byte 0x{data[error.start]:02x} is not UTF-8") from None
-    return "standard input", [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+    return "standard input", lines_from_bytes(sys.stdin.buffer.read(), "standard input")
 
 
 def sentences(source: str, lines: list[str]) -> list[SentimentExample]:
@@ -257,18 +251,6 @@ def for_this_command(run: Member, settings: Settings, decoding: dict[str, Any]) 
     return replace(run, settings=changed)
 
 
-def tokenized_sentences(run: Member, examples: list[SentimentExample], source: str,
-                        tokenizer: PreTrainedTokenizerBase, max_len: int) -> TokenizedDataset:
-    """The sentences in the run's prompt, tokenised by the classifier's own function."""
-    task = run.settings.task
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data = classifier.tokenized(task, task.dataset, "dev", examples, tokenizer, max_len)
-    for warning in caught:  # a sentence cut to fit: it names the source of the split, the run's dev file
-        warnings.warn(str(warning.message).replace(str(task.data_file(task.dataset, "dev")), source), stacklevel=2)
-    return data
-
-
 def classify(run: Member, model: nn.Module, examples: list[Any], source: str, tokenizer: PreTrainedTokenizerBase,
              demonstrations: list[ParaphraseExample], device: torch.device) -> torch.Tensor:
     """The logits of each example, as the run's own scoring gives them: in its prompt (with its demonstrations,
@@ -278,7 +260,7 @@ def classify(run: Member, model: nn.Module, examples: list[Any], source: str, to
         template = para.prompt_template(settings.task, demonstrations, settings.train.seed)
         data = para.tokenized(settings.task, examples, Path(source), tokenizer, template, max_len)
         return para.pair_logits(model, data, settings, device, "pairs")
-    data = tokenized_sentences(run, examples, source, tokenizer, max_len)
+    data = classifier.tokenized(settings.task, source, examples, tokenizer, max_len)
     return classifier.class_logits(model, data, settings, device, "sentences")
 
 

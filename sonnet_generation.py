@@ -5,10 +5,11 @@ each held-out sonnet from its first 3 lines, keep the best epochs by dev chrF, w
 """
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 import evaluation
@@ -16,18 +17,20 @@ from config import END_OF_TEXT_ID
 from course.metrics import mbr_select, sonnet_metrics
 from course.sonnets import read_sonnets, write_sonnets
 from datasets import BATCH_PADDING, EpochBatches, TokenizedDataset, seeded_sample, sonnet_text
-from flags import (FREE, FlagParser, UserError, require, require_input_file, require_range, require_writable, setting,
-                   settings_from_flags, settings_parser, user_errors_end_in_one_line)
+from flags import (FREE, FlagParser, UserError, flag_of, require, require_input_file, require_range, require_writable,
+                   setting, settings_from_flags, settings_parser, shown, user_errors_end_in_one_line)
 from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
 from modules.losses import language_model_loss, unlikelihood_loss
 from training.checkpoints import seed_everything
 from training.device import autocast, choose_device, to_device
-from training.distributed import all_reduce_sum, gather_objects, items_for_this_process, write_on_main
+from training.distributed import all_reduce_sum, gather_objects, is_main, items_for_this_process, write_on_main
+from training.inference import DevOutputs
 from training.loop import Task, train_and_restore_best
 from training.model_setup import apply_strategy, build_gpt2, count_parameters, tokenizer_for
-from training.run_dir import plan_run
+from training.run_dir import plan_run, require_separate_run_paths
 from training.settings import SHARED_GROUPS, ScriptSettings
+from training.summary import Outcome, finish
 
 SONNET_LINES = 14
 PROMPT_LINES = 3  # a held-out sonnet gives its first 3 lines
@@ -82,6 +85,21 @@ class Settings(ScriptSettings):
     task: SonnetSettings
     decoding: DecodingConfig  # its strategy and max_lines are set for each batch of prompts
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        task = self.task
+        outputs = {"--sonnet_dev_out": task.sonnet_dev_out, "--sonnet_out": task.sonnet_out}
+        if task.sonnet_out.resolve() == task.sonnet_dev_out.resolve():  # one file, written once (SonnetSettings)
+            del outputs["--sonnet_out"]
+        require_separate_run_paths(
+            self, {"--sonnet_path": task.sonnet_path, "--held_out_dev_path": task.held_out_dev_path,
+                   "--gold_dev_path": task.gold_dev_path, "--held_out_path": task.held_out_path},
+            outputs, (self.run_directory(),) if self.train.epochs > 0 else ())
+
+    def run_directory(self) -> Path:
+        """Where the run trains: --run_dir, by default runs/sonnets."""
+        return self.run.run_dir or Path("runs") / "sonnets"
+
 
 def build_parser() -> FlagParser:
     return settings_parser(Settings, "sonnet_generation.py", __doc__, {
@@ -119,26 +137,41 @@ def token_ids_containing(tokenizer: PreTrainedTokenizerBase, texts: tuple[str, .
             if tokenizer.convert_tokens_to_string([token]).rstrip(" ").endswith(texts)]
 
 
+def decoding_description(settings: Settings) -> str:
+    """The decoding as the flags that chose it say it: --decoding (with its --mbr_samples), then each decoding flag
+    given another value than its default."""
+    task, decoding = settings.task, settings.decoding
+    defaults = replace(DecodingConfig(), **COURSE_DECODING)
+    words = [task.decoding, *([f"--mbr_samples {task.mbr_samples}"] if task.decoding in ("mbr", "pool") else [])]
+    changed = [spec.name for spec in fields(decoding) if spec.name not in ("strategy", "max_lines")
+               and getattr(decoding, spec.name) != getattr(defaults, spec.name)]
+    words += [f"{flag_of(decoding, name)} {shown(getattr(decoding, name))}" for name in changed]
+    return " ".join(words)
+
+
 class SonnetWriter:
-    """Completes sonnets from their first lines with the decoding the settings ask for."""
+    """Completes sonnets from their first lines with the decoding the settings ask for (`description`)."""
 
     def __init__(self, model: GPT2Model, tokenizer: PreTrainedTokenizerBase, settings: Settings,
                  device: torch.device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.strategies, self.decoding = settings.task.candidate_strategies(), settings.decoding
         self.seed, self.precision = settings.train.seed, settings.model.precision
+        self.description = decoding_description(settings)
         self.line_break_ids = token_ids_containing(tokenizer, ("\n",))
         self.line_end_ids = token_ids_containing(tokenizer, LINE_END_TEXTS)
 
-    def complete(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
+    def complete(self, prompts: dict[int, list[str]], desc: str = "sonnets") -> dict[int, list[str]]:
         """Each prompt's lines, unaltered, followed by the generated lines up to 14 in all. Under torchrun
-        each process completes its share of the prompts and every process gets all the sonnets."""
+        each process completes its share of the prompts and every process gets all the sonnets. `desc` names
+        them on the progress bar."""
         mine = dict(items_for_this_process(list(prompts.items())))
-        completed = {number: sonnet for process_sonnets in gather_objects(self.complete_here(mine) if mine else {})
+        here = self.complete_here(mine, desc) if mine else {}
+        completed = {number: sonnet for process_sonnets in gather_objects(here)
                      for number, sonnet in process_sonnets.items()}
         return {number: completed[number] for number in prompts}
 
-    def complete_here(self, prompts: dict[int, list[str]]) -> dict[int, list[str]]:
+    def complete_here(self, prompts: dict[int, list[str]], desc: str) -> dict[int, list[str]]:
         encoded = [self.tokenizer.encode(sonnet_text(lines)) for lines in prompts.values()]
         room = self.model.config.max_position_embeddings - max(map(len, encoded))
         if room < 1:
@@ -150,7 +183,7 @@ class SonnetWriter:
                                  device=self.device)
         mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         max_lines = SONNET_LINES - min(len(lines) for lines in prompts.values())
-        candidates = self.candidates(input_ids, mask, max_lines, min(room, self.decoding.max_new_tokens))
+        candidates = self.candidates(input_ids, mask, max_lines, min(room, self.decoding.max_new_tokens), desc)
         sonnets = {}
         for row, (number, lines) in enumerate(prompts.items()):
             texts = [self.tokenizer.decode(tokens[row]) for tokens in candidates]  # each ends before <|endoftext|>
@@ -159,17 +192,26 @@ class SonnetWriter:
             sonnets[number] = lines + generated[:SONNET_LINES - len(lines)]
         return sonnets
 
-    def candidates(self, input_ids: torch.Tensor, mask: torch.Tensor, max_lines: int,
-                   max_new_tokens: int) -> list[list[list[int]]]:
-        """One list of new tokens per prompt for each candidate decoding."""
+    def candidates(self, input_ids: torch.Tensor, mask: torch.Tensor, max_lines: int, max_new_tokens: int,
+                   desc: str) -> list[list[list[int]]]:
+        """One list of new tokens per prompt for each candidate decoding, all prompts in one batch: a bar step
+        is one candidate."""
         generator = torch.Generator(self.device).manual_seed(self.seed)
         outputs = []
-        for strategy in self.strategies:
+        for strategy in tqdm(self.strategies, desc=f"{desc} ({self.description})", leave=False, disable=not is_main()):
             config = replace(self.decoding, strategy=strategy, max_lines=max_lines, max_new_tokens=max_new_tokens)
             with autocast(self.device, self.precision):
                 outputs.append(generate(self.model, input_ids, mask, config, generator, self.line_break_ids,
                                         self.line_end_ids))
         return outputs
+
+
+def build_model(settings: Settings) -> GPT2Model:
+    """The language model that `settings` describe: GPT-2 with its fine-tuning strategy. Training builds it from
+    the command's settings; predict.py builds a run's from the settings that run recorded."""
+    model = build_gpt2(settings.model)
+    apply_strategy(model, settings.strategy)
+    return model
 
 
 def sonnet_dataset(sonnets: dict[int, list[str]], tokenizer: PreTrainedTokenizerBase, max_len: int,
@@ -200,7 +242,7 @@ def perplexity(model: GPT2Model, data: TokenizedDataset, batch_size: int, precis
         total, count = total + loss.double() * tokens, count + tokens
     counted = torch.tensor([count], dtype=torch.float64, device=device)
     total, count = all_reduce_sum(torch.cat([total.reshape(1), counted])).tolist()
-    return math.exp(total / count)
+    return math.exp(total / count) if total / count < 709 else math.inf  # exp overflows a float beyond 709
 
 
 def sonnet_loss(model: GPT2Model, batch: dict[str, torch.Tensor], unlikelihood: float) -> torch.Tensor:
@@ -224,39 +266,51 @@ def main(argv: list[str]) -> None:
         if train.epochs > 0:
             data = {"--sonnet_path": task.sonnet_path, "--held_out_dev_path": task.held_out_dev_path,
                     "--gold_dev_path": task.gold_dev_path}
-            run = plan_run(settings, settings.run.run_dir or Path("runs") / "sonnets", "sonnets", data,
+            run = plan_run(settings, settings.run_directory(), "sonnets", data,
                            ["sonnet_generation.py", *argv], device)
         seed_everything(train.seed)
         tokenizer = tokenizer_for(settings.model)
-        model = build_gpt2(settings.model)
+        model = build_model(settings)
         max_len = model.config.max_position_embeddings
         train_data = sonnet_dataset(sonnets, tokenizer, max_len, str(task.sonnet_path))
         gold_dev = sonnet_dataset(gold, tokenizer, max_len, str(task.gold_dev_path))
-
-        apply_strategy(model, settings.strategy)
         model.to(device)
         print(f"{len(train_data)} training sonnets; {count_parameters(model)}")
         writer = SonnetWriter(model, tokenizer, settings, device)
         precision = settings.model.precision
 
-        def evaluate() -> dict[str, float]:
+        def dev_outputs_now() -> tuple[dict[int, list[str]], float]:
             model.eval()
-            metrics = sonnet_metrics(writer.complete(dev_prompts), gold)
-            return {"chrf": metrics["chrf"],
-                    "perplexity": perplexity(model, gold_dev, train.eval_batch_size, precision, device),
-                    "rhyme_accuracy": metrics["rhyme_accuracy"], "distinct_2": metrics["distinct_2"]}
+            return (writer.complete(dev_prompts, "dev sonnets"),
+                    perplexity(model, gold_dev, train.eval_batch_size, precision, device))
 
+        dev_outputs = DevOutputs(dev_outputs_now)
+
+        def evaluate() -> dict[str, float | str]:
+            dev_sonnets, dev_perplexity = dev_outputs.after_epoch()
+            metrics = sonnet_metrics(dev_sonnets, gold)
+            return {"chrf": metrics["chrf"], "perplexity": dev_perplexity,
+                    "rhyme_accuracy": metrics["rhyme_accuracy"], "distinct_2": metrics["distinct_2"],
+                    "decoding": writer.description}  # a resume may decode otherwise: each score says how
+
+        log = None
         if run is not None:
-            train_and_restore_best(model, run, train, precision, model.config.num_hidden_layers,
-                                   EpochBatches(train_data, train.batch_size, train.seed),
-                                   Task(lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate, "chrf"))
+            log = train_and_restore_best(model, run, train, precision, model.config.num_hidden_layers,
+                                         EpochBatches(train_data, train.batch_size, train.seed),
+                                         Task(lambda batch: sonnet_loss(model, batch, task.unlikelihood), evaluate,
+                                              "chrf"))
         model.eval()
-        outputs = {task.sonnet_dev_out.resolve(): dev_prompts, task.sonnet_out.resolve(): test_prompts}
-        for path, prompts in outputs.items():  # one file if both name it (see SonnetSettings)
-            write_on_main(write_sonnets, path, writer.complete(prompts))
+        dev_sonnets, dev_perplexity = dev_outputs.restored(run, log, exact=not settings.strategy.lora)
+        write_on_main(write_sonnets, task.sonnet_dev_out, dev_sonnets)
+        if task.sonnet_out.resolve() != task.sonnet_dev_out.resolve():  # one file if both name it (see SonnetSettings)
+            write_on_main(write_sonnets, task.sonnet_out, writer.complete(test_prompts, "test sonnets"))
         metrics = evaluation.grade_sonnets(task.sonnet_dev_out, task.gold_dev_path)
-        metrics["perplexity"] = perplexity(model, gold_dev, train.eval_batch_size, precision, device)
-        print("dev: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+        metrics["perplexity"] = dev_perplexity
+        print("dev " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+              + f" (this run's decoding: {writer.description})")
+        finish([Outcome("sonnets", run, log, {task.sonnet_dev_out: task.held_out_dev_path,
+                                              task.sonnet_out: task.held_out_path},
+                        ("sonnets", task.sonnet_dev_out, task.gold_dev_path))])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The course's files, each read exactly as its format says or refused with its path, line and problem;
 and the files we hand in, written atomically.
 
-Every reader takes UTF-8 with or without a byte-order mark, and LF or CRLF line ends (`read_lines`).
+Every reader takes UTF-8 with or without a byte-order mark, and LF or CRLF line ends (`lines_from_bytes`); a
+byte-order mark anywhere but the very start (two files joined with `cat`) is refused with its line.
 
 Course CSVs (`ids-sst-*.csv`, `ids-cfimdb-*.csv`, `quora-*.csv`) are tab-separated with a leading unnamed
 index column and a header row naming the others (id, sentence / sentence1, sentence2, and in labelled files
@@ -18,7 +19,7 @@ course's layout. Reading is tolerant: a line is split on its first comma and bot
 so "id,3" and "id , 3 " read the same. Paraphrase answers are written as the course's pipeline writes
 them, the token ids of "yes" (8505, a paraphrase) and "no" (3919); `paraphrase_labels` reads them, or 1/0.
 
-The sonnet files are read and written by `course.sonnets`.
+The sonnet files are read and written by `course.sonnets`; gold labels, for grading, by `course.gold`.
 """
 import codecs
 import math
@@ -32,14 +33,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from config import NO_ID, YES_ID
-from flags import UserError
+from flags import UserError, errors_name
 
 SENTIMENT_NUM_LABELS = {"sst": 5, "cfimdb": 2}
 SENTIMENT_HEADER = "id \t Predicted_Sentiment "
 PARAPHRASE_HEADER = "id \t Predicted_Is_Paraphrase "
 PARAPHRASE_ANSWERS = {str(NO_ID): "0", str(YES_ID): "1"}  # the course's encoding of the 0/1 gold labels
-LABEL_COLUMNS = ("sentiment", "is_duplicate")  # the labelled course files carry exactly one of these
 EXAMPLES_IN_ERRORS = 5  # how many offending ids an error message lists
+BOM = "\ufeff"  # the byte-order mark, as text
 
 
 def some_of(ids: list[str]) -> str:
@@ -51,25 +52,35 @@ def some_of(ids: list[str]) -> str:
 # text files
 
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a text file, without their line ends. UTF-8 with or without a byte-order mark, LF or CRLF
-    line ends; other bytes, or a carriage return inside a line, are refused naming the line."""
+    """The lines of a text file, without their line ends, read by `lines_from_bytes`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is a directory, not a file" if path.is_dir() else f"{path} does not exist")
     try:
-        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+        data = path.read_bytes()
     except OSError as error:
         raise UserError(f"{path} cannot be read: {error.strerror}") from None
+    return lines_from_bytes(data, str(path))
+
+
+def lines_from_bytes(data: bytes, source: str) -> list[str]:
+    """The lines of a text, without their line ends: UTF-8 with or without a byte-order mark, LF or CRLF line
+    ends. Other bytes, a carriage return inside a line, or a byte-order mark anywhere but the very start (where
+    two files were joined) are refused naming `source` (a path, or e.g. "standard input") and the line."""
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line, column = data.count(b"\n", 0, error.start) + 1, error.start - data.rfind(b"\n", 0, error.start)
-        raise UserError(f"{path}, line {line}: byte 0x{data[error.start]:02x} (column {column}) is not UTF-8; "
+        raise UserError(f"{source}, line {line}: byte 0x{data[error.start]:02x} (column {column}) is not UTF-8; "
                         "save the file as UTF-8") from None
     lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
     for number, line in enumerate(lines, start=1):
         if "\r" in line:
-            raise UserError(f"{path}, line {number}: a carriage return inside the line; lines end with LF or CRLF")
+            raise UserError(f"{source}, line {number}: a carriage return inside the line; lines end with LF or CRLF")
+        if BOM in line:
+            raise UserError(f"{source}, line {number}: a byte-order mark inside the file: two files joined? It may "
+                            "only start a file: remove it, or join the files without it")
     return lines
 
 
@@ -225,13 +236,23 @@ def read_paraphrase(path: str | Path, labelled: bool = True) -> list[ParaphraseE
     return examples
 
 
-def read_extra_rows(extra_files: Sequence[Path], read: Callable[[Path], list[Any]],
+def read_extra_rows(extra_files: Sequence[Path], read: Callable[[Path], list[Any]], training: tuple[Path, list[Any]],
                     held_out: dict[str, list[Any]]) -> list[Any]:
     """Every row of each of `extra_files` (`--extra_train`), read by `read` with the course files' rules and
     errors; how many rows each file adds is printed. A row whose id is also an id of a held-out file
     (`held_out`: its examples, by how a message names the file) is refused: training on it would leak that
-    example's answer."""
+    example's answer. So is a file given twice, and a row whose id is a row's of the training file
+    (`training`: its path and every example, before any sample) or of an earlier extra file, naming both lines:
+    it would be trained on twice."""
+    first_given: dict[Path, Path] = {}
+    for path in extra_files:
+        if path.resolve() in first_given:
+            raise UserError(f"--extra_train {path}: the same file as --extra_train {first_given[path.resolve()]}; "
+                            "its rows would be trained on twice")
+        first_given[path.resolve()] = path
     held_out_ids = {name: {example.id for example in rows} for name, rows in held_out.items()}
+    training_file, training_rows = training
+    trained = dict.fromkeys((example.id for example in training_rows), training_file)  # id -> the file it is from
     added = []
     for path in extra_files:
         rows = read(path)
@@ -240,16 +261,31 @@ def read_extra_rows(extra_files: Sequence[Path], read: Callable[[Path], list[Any
             if leaked:
                 raise UserError(f"--extra_train {path}: {len(leaked)} id(s) are also in {name} ({some_of(leaked)}): "
                                 "training on them would leak their answers")
+        repeated = next((example.id for example in rows if example.id in trained), None)
+        if repeated is not None:
+            first = trained[repeated]
+            raise UserError(f"--extra_train {path}, line {line_of(path, repeated)}: id {repeated} is also the row of "
+                            f"{first}, line {line_of(first, repeated)}: it would be trained on twice")
+        trained |= dict.fromkeys((example.id for example in rows), path)
         print(f"--extra_train {path}: {len(rows):,} rows added to the training rows")
         added += rows
     return added
 
 
+def line_of(path: Path, example_id: str) -> int:
+    """The line of the row of `example_id` in a course CSV that has been read (for an error message)."""
+    return next(row.line for row in read_table(path, ("id",)) if row.fields["id"].strip() == example_id)
+
+
 def read_id(row: Row, where: str, first_seen: dict[str, int]) -> str:
-    """The row's id: present, and not on an earlier line (`first_seen`, updated here)."""
+    """The row's id: present, without a comma (a prediction file's "id , label" line could not hold it), and
+    not on an earlier line (`first_seen`, updated here)."""
     example_id = row.fields["id"].strip()
     if not example_id:
         raise UserError(f"{where}: the row has no id")
+    if "," in example_id:
+        raise UserError(f"{where}: id {example_id!r} holds a comma, which a prediction file's 'id , label' lines "
+                        "cannot hold")
     if example_id in first_seen:
         raise UserError(f"{where}: id {example_id} appears twice (first on line {first_seen[example_id]})")
     first_seen[example_id] = row.line
@@ -268,7 +304,7 @@ def parse_label(text: str, num_labels: int, where: str) -> int:
 
 
 # -----------------------------------------------------------------------------
-# gold labels
+# labels as written in gold and prediction files
 
 def normalise_label(label: str) -> str:
     """'1.0' -> '1' (the Quora files store labels as floats); anything not an integral number is kept."""
@@ -278,30 +314,6 @@ def normalise_label(label: str) -> str:
     except ValueError:
         return label
     return str(int(number)) if number.is_integer() else label
-
-
-def read_gold(path: str | Path, label_column: str | None = None) -> tuple[dict[str, str], list[str], str]:
-    """(normalised label by id, ids of rows with an empty label, the label column) of a labelled course CSV.
-    The label column is `label_column`, else whichever of sentiment / is_duplicate the header names."""
-    path = Path(path)
-    lines = read_lines(path)
-    names = header(path, lines, ("id", label_column or " or ".join(LABEL_COLUMNS)))
-    column = label_column or next((name for name in LABEL_COLUMNS if name in names), None)
-    if column is None:
-        raise UserError(f"{path}, line 1: no {' or '.join(map(repr, LABEL_COLUMNS))} label column; the header "
-                        f"names {names}")
-    require_columns(path, names, ("id", column))
-    gold, unlabelled, first_seen = {}, [], {}
-    for row in table_rows(path, lines, names):
-        example_id = read_id(row, f"{path}, line {row.line}", first_seen)
-        label = normalise_label(row.fields[column])
-        if label:
-            gold[example_id] = label
-        else:
-            unlabelled.append(example_id)
-    if not gold:
-        raise UserError(f"{path}: no row has a label in column {column!r}")
-    return gold, unlabelled, column
 
 
 # -----------------------------------------------------------------------------
@@ -332,18 +344,19 @@ def atomically(path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` when the block ends, readable by all (0644 under the usual umask):
     written beside it and renamed, on one filesystem, so readers never see it half-written, and a failure
     leaves `path` as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; a hand-in file is not
-        with open(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with errors_name(path):  # a failure names the file being written, not the temporary one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes files private; a hand-in file is not
+            with open(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -389,11 +402,13 @@ def read_predictions(path: str | os.PathLike, labels: Collection[str] | None = N
 
 def paraphrase_labels(path: str | os.PathLike, predictions: dict[str, str]) -> dict[str, str]:
     """The 0/1 labels of paraphrase predictions written as the course writes them (the token ids of "yes" and
-    "no") or as 0/1. A file uses one encoding: one that mixes them is refused, naming an id of each."""
-    encoded = {i: label in PARAPHRASE_ANSWERS for i, label in predictions.items()}
+    "no") or as 0/1, either also as a float ('8505.0', '1.0'). A file uses one encoding: one that mixes them is
+    refused, naming an id of each."""
+    numbers = {i: normalise_label(label) for i, label in predictions.items()}  # '8505.0' is 8505, as '1.0' is 1
+    encoded = {i: label in PARAPHRASE_ANSWERS for i, label in numbers.items()}
     if len(set(encoded.values())) > 1:
         token_id = next(i for i, is_token in encoded.items() if is_token)
         plain = next(i for i, is_token in encoded.items() if not is_token)
         raise UserError(f"{path}: id {token_id} is predicted {predictions[token_id]} (a token id, the course's "
                         f"encoding) but id {plain} is predicted {predictions[plain]} (0/1): a file uses one encoding")
-    return {i: PARAPHRASE_ANSWERS.get(label, label) for i, label in predictions.items()}
+    return {i: PARAPHRASE_ANSWERS.get(label, label) for i, label in numbers.items()}

@@ -10,9 +10,12 @@ The graded files (in the predictions folder) and the inputs they answer (in the 
     generated_sonnets.txt              sonnets_held_out.txt
     generated_sonnets_dev.txt          sonnets_held_out_dev.txt            (checked when present)
 
-where mode is full-model or last-linear-layer: the four files of at least one mode are required, and a mode
-with any of its files present needs all four.
+where mode is full-model or last-linear-layer: the four files of one mode are required (`SENTIMENT_RULE`). Beside
+a complete mode, another mode's files are checked as far as they are there, and its missing ones are a warning:
+they are not needed, but a student may have meant to hand them in. The commands named for missing files run on
+the machine at hand: `--use_gpu` only where there is an NVIDIA GPU (`gpu_flag`).
 """
+import shutil
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -26,8 +29,8 @@ from flags import UserError
 
 MODES = ("full-model", "last-linear-layer")
 INPUT_SPLITS = {"dev": "dev", "test": "test-student"}  # a prediction file's split -> its input file's
-PARAPHRASE_COMMAND = "python paraphrase_detection.py --use_gpu"
-SONNET_COMMAND = "python sonnet_generation.py --use_gpu"
+SENTIMENT_RULE = ("the hand-in needs all four sentiment files of one fine-tune mode, "
+                  "{mode}-{sst,cfimdb}-{dev,test}-out.csv for full-model or for last-linear-layer")
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,34 @@ class Graded:
 
 
 def check_predictions(predictions_dir: Path, data_dir: Path) -> list[str]:
-    """One line per graded file saying what it holds ('ok  predictions/para-dev-output.csv: 2,000 ids');
-    or one `UserError` listing every problem of every file, separated by '; ', so that a student sees all
-    of them at once rather than one per attempt."""
-    modes = [mode for mode in MODES if any((predictions_dir / f.name).is_file() for f in sentiment_files(mode))]
-    problems = [] if modes else [f"no sentiment predictions in {predictions_dir}: run `python classifier.py "
-                                 "--fine-tune-mode full-model --use_gpu` (or --fine-tune-mode last-linear-layer), "
-                                 "which writes {mode}-{sst,cfimdb}-{dev,test}-out.csv"]
-    missing: dict[str, list[str]] = {}
-    report = []
-    for graded in graded_files(predictions_dir, modes):
+    """One line per graded file saying what it holds ('ok  predictions/para-dev-output.csv: 2,000 ids'), and a
+    'warning  ' line for a mode with files missing beside a complete one; or one `UserError` listing every
+    problem of every file, separated by '; ', so that a student sees all of them at once rather than one per
+    attempt."""
+    complete, partial = sentiment_modes(predictions_dir)
+    report, problems, missing = check_files(graded_files(predictions_dir, complete or partial), predictions_dir,
+                                            data_dir)
+    notes = []
+    for mode in partial if complete else []:  # beside a complete mode, checked as far as it is there
+        files = sentiment_files(mode)
+        more_report, more_problems, more_missing = check_files(files, predictions_dir, data_dir)
+        report, problems = report + more_report, problems + more_problems
+        there = len(files) - sum(len(paths) for paths in more_missing.values())
+        notes.append(f"warning  {mode} has {there} of its {len(files)} sentiment files, and {complete[0]} has all "
+                     f"of them, so the hand-in goes ahead ({SENTIMENT_RULE}): "
+                     + "; ".join(missing_lines(more_missing)))
+    problems = sentiment_problem(predictions_dir, complete, partial) + missing_lines(missing) + problems
+    if problems:
+        raise UserError("not ready to hand in: " + "; ".join(problems))
+    return report + notes
+
+
+def check_files(files: list[Graded], predictions_dir: Path, data_dir: Path) -> tuple[list[str], list[str],
+                                                                                      dict[str, list[str]]]:
+    """Each of `files` that is there checked: (a line for each one that passes, the problems of those that
+    don't, the paths of the missing ones by the command that writes them)."""
+    report, problems, missing = [], [], {}
+    for graded in files:
         path = predictions_dir / graded.name
         if not path.is_file():
             missing.setdefault(graded.command, []).append(str(path))
@@ -60,22 +81,44 @@ def check_predictions(predictions_dir: Path, data_dir: Path) -> list[str]:
             report.append(f"ok  {path}: {graded.check(path, input_file(data_dir, graded.input_name))}")
         except UserError as error:
             problems.append(str(error))
-    problems[:0] = [f"missing {' and '.join(paths)} (written by `{command}`)" for command, paths in missing.items()]
-    if problems:
-        raise UserError("not ready to hand in: " + "; ".join(problems))
-    return report
+    return report, problems, missing
+
+
+def missing_lines(missing: dict[str, list[str]]) -> list[str]:
+    return [f"missing {' and '.join(paths)} (written by `{command}`)" for command, paths in missing.items()]
+
+
+def sentiment_modes(predictions_dir: Path) -> tuple[list[str], list[str]]:
+    """(the modes whose sentiment files are all in `predictions_dir`, the modes with only some of them)."""
+    counts = {mode: sum((predictions_dir / graded.name).is_file() for graded in sentiment_files(mode))
+              for mode in MODES}
+    return ([mode for mode, count in counts.items() if count == len(sentiment_files(mode))],
+            [mode for mode, count in counts.items() if 0 < count < len(sentiment_files(mode))])
+
+
+def sentiment_problem(predictions_dir: Path, complete: list[str], partial: list[str]) -> list[str]:
+    """What is wrong with the sentiment files as a whole: no mode complete (`SENTIMENT_RULE`), or none there."""
+    if complete:
+        return []
+    if partial:
+        return [f"no fine-tune mode has all its sentiment files in {predictions_dir}: {SENTIMENT_RULE}"]
+    return [f"no sentiment predictions in {predictions_dir}: run "
+            f"`{command('classifier.py --fine-tune-mode full-model')}` (or --fine-tune-mode last-linear-layer), "
+            "which writes {mode}-{sst,cfimdb}-{dev,test}-out.csv"]
 
 
 def graded_files(predictions_dir: Path, modes: Sequence[str]) -> list[Graded]:
     """The files to check: the sentiment files of each of `modes`, both paraphrase files, the test sonnets,
     and the dev sonnets when they are there."""
-    sonnets = [Graded("generated_sonnets.txt", "sonnets_held_out.txt", check_sonnets, SONNET_COMMAND)]
+    sonnets = [Graded("generated_sonnets.txt", "sonnets_held_out.txt", check_sonnets,
+                      command("sonnet_generation.py"))]
     if (predictions_dir / "generated_sonnets_dev.txt").is_file():
-        sonnets.append(Graded("generated_sonnets_dev.txt", "sonnets_held_out_dev.txt", check_sonnets, SONNET_COMMAND))
+        sonnets.append(Graded("generated_sonnets_dev.txt", "sonnets_held_out_dev.txt", check_sonnets,
+                              command("sonnet_generation.py")))
     paraphrase = [Graded("para-dev-output.csv", "quora-dev.csv", partial(check_paraphrase, labelled=True),
-                         PARAPHRASE_COMMAND),
+                         command("paraphrase_detection.py")),
                   Graded("para-test-output.csv", "quora-test-student.csv", partial(check_paraphrase, labelled=False),
-                         PARAPHRASE_COMMAND)]
+                         command("paraphrase_detection.py"))]
     return [graded for mode in modes for graded in sentiment_files(mode)] + paraphrase + sonnets
 
 
@@ -84,8 +127,20 @@ def sentiment_files(mode: str) -> list[Graded]:
     one that rewrites its dataset only."""
     return [Graded(f"{mode}-{dataset}-{split}-out.csv", f"ids-{dataset}-{input_split}.csv",
                    partial(check_sentiment, num_labels=num_labels),
-                   f"python classifier.py --fine-tune-mode {mode} --dataset {dataset} --use_gpu")
+                   command(f"classifier.py --fine-tune-mode {mode} --dataset {dataset}"))
             for dataset, num_labels in SENTIMENT_NUM_LABELS.items() for split, input_split in INPUT_SPLITS.items()]
+
+
+def command(script_and_flags: str) -> str:
+    """The command line that runs a task script on this machine: with --use_gpu only where `gpu_flag` says."""
+    return f"python {script_and_flags}{gpu_flag()}"
+
+
+def gpu_flag() -> str:
+    """" --use_gpu" where this machine has an NVIDIA driver (nvidia-smi on the PATH: the test by which setup.sh
+    installs PyTorch's CUDA build rather than its CPU one), else "": the scripts refuse --use_gpu without a CUDA
+    GPU. Asking PyTorch itself would import it, which the hand-in check never does."""
+    return " --use_gpu" if shutil.which("nvidia-smi") else ""
 
 
 def input_file(data_dir: Path, name: str) -> Path:

@@ -1,7 +1,7 @@
 """Metrics: accuracy, macro-F1 and per-class scores for classification; chrF, distinct-n, the 14-line share
 and rhyme accuracy for sonnets; and minimum-Bayes-risk selection of generated texts by chrF."""
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import pronouncing
 from sacrebleu.metrics import CHRF
@@ -16,16 +16,6 @@ RHYME_PAIRS = ((0, 2), (1, 3), (4, 6), (5, 7), (8, 10), (9, 11), (12, 13))
 
 # -----------------------------------------------------------------------------
 # classification
-
-def label_order(labels: Collection[str]) -> list[str]:
-    """Numeric labels by value ("2" before "10"), then any others alphabetically."""
-    def key(label: str) -> tuple:
-        try:
-            return (0, float(label), label)
-        except ValueError:
-            return (1, 0.0, label)
-    return sorted(labels, key=key)
-
 
 def classification_metrics(golds: Sequence, preds: Sequence, labels: Sequence) -> dict:
     """Accuracy, macro-F1, per-class scores and the confusion matrix; labels are compared as strings.

@@ -37,8 +37,8 @@ class DecodingConfig:
     temperature: float = decoding_flag(1.0, "divides the logits before sampling")
     top_k: int = decoding_flag(0, "sample from the k likeliest tokens; 0: no top-k filter")
     top_p: float = decoding_flag(1.0, "sample from the smallest set of tokens whose probability reaches p")
-    repetition_penalty: float = decoding_flag(1.0, "CTRL-style penalty on tokens already in the prompt or output; "
-                                                   "1: off")
+    repetition_penalty: float = decoding_flag(1.0, "CTRL-style penalty on tokens already in the prompt or output "
+                                                   "(beam search: on log-probabilities, as transformers'); 1: off")
     no_repeat_ngram: int = decoding_flag(0, "forbid repeating any n-gram of this size; 0: off")
     num_beams: int = decoding_flag(4, "beams of beam search")
     length_penalty: float = decoding_flag(1.0, "beam score = sum of log-probabilities / length ** this; the length "
@@ -234,7 +234,7 @@ class Decoder:
         early_stop = EarlyStop(self.config.max_new_tokens, device)
         for step in range(self.config.max_new_tokens):
             end = self.prompt_len + step
-            logprobs = self.adjusted_logits(hidden, tokens[:, :end], mask[:, :end], lines).log_softmax(dim=-1)
+            logprobs = self.adjusted_logprobs(hidden, tokens[:, :end], mask[:, :end], lines)
             totals = (scores.view(-1, 1) + logprobs).view(batch, -1)
             # 2K candidates leave K to continue even if K of them finish now.
             top_scores, top_ids = totals.topk(2 * beams, dim=-1)
@@ -297,15 +297,28 @@ class Decoder:
     def adjusted_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
                         lines: "LineState") -> torch.Tensor:
         """Next-token logits `[R, V]` after the repetition and line-length controls, in float32."""
-        logits = self.model.hidden_state_to_token(hidden).float()
+        return self.controlled(self.model.hidden_state_to_token(hidden).float(), tokens, mask, lines)
+
+    def adjusted_logprobs(self, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                          lines: "LineState") -> torch.Tensor:
+        """Next-token log-probabilities `[R, V]`, the controls applied to them and not normalised again after:
+        beam search's scores, as transformers' beam search applies its logits processors (a penalised
+        log-probability scales by the penalty, where a penalised logit changes its share of the softmax)."""
+        logprobs = self.model.hidden_state_to_token(hidden).float().log_softmax(dim=-1)
+        return self.controlled(logprobs, tokens, mask, lines)
+
+    def controlled(self, scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                   lines: "LineState") -> torch.Tensor:
+        """Next-token `scores` `[R, V]`, logits or log-probabilities, after the repetition and line-length
+        controls."""
         config = self.config
         if config.repetition_penalty != 1.0:
-            logits = penalise_repeats(logits, tokens, mask, config.repetition_penalty)
+            scores = penalise_repeats(scores, tokens, mask, config.repetition_penalty)
         if config.no_repeat_ngram > 0:
-            logits = ban_repeated_ngrams(logits, tokens, mask, config.no_repeat_ngram)
+            scores = ban_repeated_ngrams(scores, tokens, mask, config.no_repeat_ngram)
         if self.line_end_bonus is not None:
-            logits = logits + (lines.length >= config.line_length)[:, None] * self.line_end_bonus
-        return logits
+            scores = scores + (lines.length >= config.line_length)[:, None] * self.line_end_bonus
+        return scores
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.config.strategy == "greedy":

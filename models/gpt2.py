@@ -10,12 +10,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from config import GPT2Config
+from flags import UserError
 from models import hf_checkpoint
 from modules.attention import KVCache, causal_mask
 from modules.gpt2_layer import GPT2Layer
 from modules.prefix import PrefixTuning
 
 
+# The course's names of the sizes (its `from_pretrained(model, d, l, num_heads)`, `utils.model_size_to_params`).
+COURSE_SIZES = {"d": "hidden_size", "l": "num_hidden_layers", "num_heads": "num_attention_heads"}
 # Where an attention mask's pads may be (`GPT2Model.forward`); None: unknown, the mask is read to find out.
 PADDING = (None, "right", "left")
 
@@ -177,15 +180,34 @@ class GPT2Model(nn.Module):
                 for i in range(len(self.layers))]
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = "gpt2", **config_overrides: Any) -> "GPT2Model":
-        """Load a Hugging Face GPT-2 checkpoint: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a
-        local directory with config.json and model.safetensors or pytorch_model.bin. Sizes come from the
-        checkpoint; `config_overrides` may set dropout or the attention implementation."""
-        directory = hf_checkpoint.resolve_checkpoint(name_or_path)
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, model: str | Path | None = None,
+                        d: int | None = None, l: int | None = None, num_heads: int | None = None,  # noqa: E741
+                        **config_overrides: Any) -> "GPT2Model":
+        """Load a Hugging Face GPT-2 checkpoint: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
+        directory with config.json and model.safetensors or pytorch_model.bin, "gpt2" if none is given. Sizes come
+        from the checkpoint; `config_overrides` may set dropout or the attention implementation. Returned in
+        evaluation mode (dropout off), as transformers returns its models; training calls `.train()`.
+
+        The course's call, `from_pretrained(model="gpt2", d=768, l=12, num_heads=12)`, works too: `model` names
+        the checkpoint, and the hidden size `d`, the layers `l` and the heads `num_heads` must be its own."""
+        if name_or_path is not None and model is not None:
+            raise TypeError("from_pretrained: give the checkpoint once, as `name_or_path` or as the course's `model`")
+        directory = hf_checkpoint.resolve_checkpoint(model or name_or_path or "gpt2")
         config = hf_checkpoint.load_config(directory, **config_overrides)
+        check_course_sizes(config, directory / "config.json", d=d, l=l, num_heads=num_heads)
         weights = hf_checkpoint.weights_file(directory)
         state = hf_checkpoint.to_our_names(hf_checkpoint.read_weights(weights), config, str(weights))
         with torch.device("meta"):  # every tensor comes from the checkpoint: skip the random init
-            model = cls(config)
-        model.load_state_dict(state, assign=True)
-        return model
+            gpt2 = cls(config)
+        gpt2.load_state_dict(state, assign=True)
+        return gpt2.eval()
+
+
+def check_course_sizes(config: GPT2Config, source: Path, **sizes: int | None) -> None:
+    """Refuse, in one line, course sizes (`COURSE_SIZES`' names) that are given and differ from the checkpoint's."""
+    wrong = [f"{name}={value}" for name, value in sizes.items()
+             if value is not None and value != getattr(config, COURSE_SIZES[name])]
+    if wrong:
+        has = ", ".join(f"{name}={getattr(config, field)}" for name, field in COURSE_SIZES.items())
+        raise UserError(f"{source} describes a GPT-2 with {has}, not {', '.join(wrong)}: the sizes come from the "
+                        "checkpoint, so pass its own (utils.model_size_to_params(size)) or none")

@@ -3,6 +3,7 @@ or foreign ones in one line, and map their tensors to ours."""
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from flags import UserError
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # Old checkpoints store the causal mask as a buffer, and the LM head is tied to the token embedding.
 IGNORED = re.compile(r"(^lm_head\.weight$)|(\.attn\.(masked_)?bias$)")
+# A GPT2ForSequenceClassification checkpoint's head (export.py writes them): a head of its own, not GPT-2's.
+CLASSIFIER_HEAD = "score.weight"
 HUB_ID = re.compile(r"^[\w-][\w.-]*(/[\w.-]+)?$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 AGAIN = "download or copy it again"
@@ -188,8 +191,14 @@ def check_tensors(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) 
 
 
 def to_our_names(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) -> dict[str, torch.Tensor]:
-    """Map Hugging Face GPT-2 tensors to `GPT2Model`'s state dict, as float32."""
-    hf = {name.removeprefix("transformer."): t for name, t in hf.items() if not IGNORED.search(name)}
+    """Map Hugging Face GPT-2 tensors to `GPT2Model`'s state dict, as float32. A sequence classifier's head is
+    left out, with a warning: whoever builds on this GPT-2 builds a head of its own."""
+    if CLASSIFIER_HEAD in hf:
+        warnings.warn(f"{source}: a sequence classifier's weights: its GPT-2 is read and its head ({CLASSIFIER_HEAD}, "
+                      f"{hf[CLASSIFIER_HEAD].shape[0]} classes) is not, so a head starts anew; its final LayerNorm "
+                      "holds that head's bias (see docs/predict-and-export.md)")
+    hf = {name.removeprefix("transformer."): t for name, t in hf.items()
+          if not IGNORED.search(name) and name != CLASSIFIER_HEAD}
     check_tensors(hf, config, source)
 
     def linear(name: str) -> torch.Tensor:  # Conv1D [in, out] -> nn.Linear [out, in]
@@ -217,3 +226,31 @@ def to_our_names(hf: dict[str, torch.Tensor], config: GPT2Config, source: str) -
             q + "feed_forward.out_dense.bias": hf[p + "mlp.c_proj.bias"],
         }
     return {name: t.float().contiguous() for name, t in ours.items()}
+
+
+def to_hf_names(ours: dict[str, torch.Tensor], config: GPT2Config) -> dict[str, torch.Tensor]:
+    """`GPT2Model`'s state dict under the names, and in the layout, of transformers' GPT-2 classes (the inverse
+    of `to_our_names`), as float32: Conv1D weights as [in, out], the attention's three projections as one."""
+    def conv1d(*names: str) -> torch.Tensor:  # nn.Linear weights [out, in], stacked, as one Conv1D [in, out]
+        return torch.cat([ours[name] for name in names]).t()
+
+    hf = {"wte.weight": ours["word_embedding.weight"], "wpe.weight": ours["position_embedding.weight"],
+          "ln_f.weight": ours["final_layer_norm.weight"], "ln_f.bias": ours["final_layer_norm.bias"]}
+    for i in range(config.num_hidden_layers):
+        p, q = f"h.{i}.", f"layers.{i}."
+        attention = [f"{q}self_attention.{name}" for name in ("query", "key", "value")]
+        hf |= {
+            p + "ln_1.weight": ours[q + "attention_layer_norm.weight"],
+            p + "ln_1.bias": ours[q + "attention_layer_norm.bias"],
+            p + "attn.c_attn.weight": conv1d(*(name + ".weight" for name in attention)),
+            p + "attn.c_attn.bias": torch.cat([ours[name + ".bias"] for name in attention]),
+            p + "attn.c_proj.weight": conv1d(q + "self_attention.dense.weight"),
+            p + "attn.c_proj.bias": ours[q + "self_attention.dense.bias"],
+            p + "ln_2.weight": ours[q + "out_layer_norm.weight"],
+            p + "ln_2.bias": ours[q + "out_layer_norm.bias"],
+            p + "mlp.c_fc.weight": conv1d(q + "feed_forward.interm_dense.weight"),
+            p + "mlp.c_fc.bias": ours[q + "feed_forward.interm_dense.bias"],
+            p + "mlp.c_proj.weight": conv1d(q + "feed_forward.out_dense.weight"),
+            p + "mlp.c_proj.bias": ours[q + "feed_forward.out_dense.bias"],
+        }
+    return {"transformer." + name: t.float().contiguous() for name, t in hf.items()}

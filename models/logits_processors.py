@@ -1,6 +1,6 @@
-"""What a decoding step does to the next-token logits before it picks: the repetition penalty, banned
-repeated n-grams, temperature with top-k and top-p (nucleus) filtering, and contrastive search's degeneration
-penalty. Each works on a batch of rows at once, on the device."""
+"""What a decoding step does to the next-token logits (beam search: log-probabilities) before it picks: the
+repetition penalty, banned repeated n-grams, temperature with top-k and top-p (nucleus) filtering, and contrastive
+search's degeneration penalty. Each works on a batch of rows at once, on the device."""
 import torch
 import torch.nn.functional as F
 
@@ -8,8 +8,9 @@ NUCLEUS_HEAD = 256  # on the CPU top-p first looks at this many likeliest tokens
 
 
 def penalise_repeats(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty on every token already in the row: positive logits divided, negative multiplied,
-    so the token always becomes less likely. Padding does not count as seen."""
+    """CTRL's penalty on every token already in the row: positive scores divided, negative multiplied, so the
+    token always becomes less likely; `logits` may be log-probabilities (beam search), all multiplied. Padding
+    does not count as seen."""
     seen = torch.zeros_like(logits).scatter_add_(1, tokens, mask.to(logits.dtype)) > 0
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)

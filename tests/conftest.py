@@ -64,3 +64,62 @@ def long_context_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gpt2_124m_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GPT2LMHeadModel]:
     directory = tmp_path_factory.mktemp("gpt2-124m")
     return directory, save_hf_gpt2(directory)
+
+
+COURSE_ROWS = 60  # of each course file in `course_rows`: the first with every SST class in dev, and quick to score
+# The flags of each run in `finished_runs` besides its files; repeating them with --model_path an export and
+# --epochs 0 repeats the run's predictions.
+RUN_FLAGS = {
+    "sentiment": ["--dataset", "sst", "--fine-tune-mode", "full-model", "--lora", "--lora_rank", "2",
+                  "--prompt", "Review: {sentence} Sentiment:"],
+    "paraphrase": ["--lora", "--dora", "--lora_rank", "2", "--k_shot", "2", "--symmetric"],
+    "sonnets": ["--keep_layers", "1", "--max_new_tokens", "8"],
+}
+
+
+def paraphrase_files(data: Path, out: Path) -> list[str]:
+    """The flags naming a paraphrase run's course files in `data` and its prediction files in `out`."""
+    return ["--para_train", str(data / "quora-train.csv"), "--para_dev", str(data / "quora-dev.csv"),
+            "--para_test", str(data / "quora-test-student.csv"), "--para_dev_out", str(out / "dev.csv"),
+            "--para_test_out", str(out / "test.csv")]
+
+
+def sonnet_files(out: Path) -> list[str]:
+    """The flags naming a sonnet run's prediction files in `out` (its data files are the course's)."""
+    return ["--sonnet_dev_out", str(out / "dev.txt"), "--sonnet_out", str(out / "test.txt")]
+
+
+@pytest.fixture(scope="session")
+def course_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first rows of the SST and Quora course files, under the course's file names."""
+    folder = tmp_path_factory.mktemp("course-rows")
+    for name in [f"ids-sst-{split}.csv" for split in ("train", "dev", "test-student")] + [
+            f"quora-{split}.csv" for split in ("train", "dev", "test-student")]:
+        lines = (Path("data") / name).read_text().splitlines(keepends=True)
+        (folder / name).write_text("".join(lines[:COURSE_ROWS + 1]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def finished_runs(course_rows: Path, tmp_path_factory: pytest.TempPathFactory,
+                  long_context_checkpoint: Path) -> dict[str, Path]:
+    """Finished one-epoch runs of each task on a tiny GPT-2 (`RUN_FLAGS`), trained once by the scripts themselves
+    for the tests that rebuild or export runs: a sentiment run of LoRA with a prompt and a linear head on the last
+    token, a cloze paraphrase run of DoRA with demonstrations and both orders, and a sonnet run of the bottom
+    layer. Each run's prediction files are in predictions/ beside its --run_dir."""
+    import classifier  # the scripts, imported only where a test needs runs
+    import paraphrase_detection
+    import sonnet_generation
+
+    root = tmp_path_factory.mktemp("finished-runs")
+    common = ["--model_path", str(long_context_checkpoint), "--epochs", "1", "--lr", "1e-4", "--batch_size", "8",
+              "--train_limit", "8"]
+    classifier.main([*common, *RUN_FLAGS["sentiment"], "--data_dir", str(course_rows), "--run_dir",
+                     str(root / "sentiment/runs"), "--predictions_dir", str(root / "sentiment/predictions")])
+    paraphrase_detection.main([*common, *RUN_FLAGS["paraphrase"],
+                               *paraphrase_files(course_rows, root / "paraphrase/predictions"),
+                               "--run_dir", str(root / "paraphrase/runs")])
+    sonnet_generation.main([*common, *RUN_FLAGS["sonnets"], *sonnet_files(root / "sonnets/predictions"),
+                            "--run_dir", str(root / "sonnets/runs")])
+    return {"sentiment": root / "sentiment/runs/sst", "paraphrase": root / "paraphrase/runs",
+            "sonnets": root / "sonnets/runs"}

@@ -15,8 +15,8 @@ import classifier
 import evaluation
 import paraphrase_detection
 import sonnet_generation
-from course.files import (SENTIMENT_HEADER, read_gold, read_paraphrase, read_predictions, read_sentiment,
-                          write_predictions)
+from course.files import SENTIMENT_HEADER, read_paraphrase, read_predictions, read_sentiment, write_predictions
+from course.gold import read_gold
 from course.sonnets import read_sonnets, write_sonnets
 from flags import UserError
 
@@ -47,7 +47,8 @@ def quora_test(path):
 
 
 def gold(path):
-    return read_gold(path)[:2]
+    labels = read_gold(path, num_labels=5)
+    return labels.labels, labels.unlabelled
 
 
 def prompts(path):
@@ -98,6 +99,11 @@ CASES = {
                        Read([("a", "Q1", "Q2")])),
     "a carriage return inside a line": (sst, SST + b"0\ta\tok\r1\tb\tfine\t2\n",
                                         Refused("line 2: a carriage return inside the line")),
+    "two CSV files joined with cat: a byte-order mark inside": (
+        sst, b"\xef\xbb\xbf" + SST + b"0\ta\tok\t1\n\xef\xbb\xbf" + SST + b"1\tb\tfine\t2\n",
+        Refused(r"line 3: a byte-order mark inside the file: two files joined\?")),
+    "a gold file with a byte-order mark inside": (gold, SST + b"0\ta\tok\t1\n1\tb\t\xef\xbb\xbffine\t2\n",
+                                                  Refused("line 3: a byte-order mark inside the file")),
     # empty files, blank lines, headers
     "an empty file": (sst_test, b"", Refused("is empty: a course CSV starts with a header line")),
     "a header only": (sst_test, SST_TEST, Refused("has a header but no rows")),
@@ -112,6 +118,9 @@ CASES = {
     "a repeated id": (sst_test, SST_TEST + b"1\t0.0\ta\tok\n2\t1.0\ta\tagain\n",
                       Refused(r"line 3: id a appears twice \(first on line 2\)")),
     "a row without an id": (quora, QUORA + b"0\t\tQ\tQ\t1\n", Refused("line 2: the row has no id")),
+    "a Quora test id holding a comma": (quora_test, QUORA_TEST + b"0\ta\tQ1\tQ2\n1\tb,c\tQ3\tQ4\n",
+                                        Refused("line 3: id 'b,c' holds a comma, which a prediction file's 'id , "
+                                                "label' lines cannot hold")),
     "an empty sentence": (sst, SST + b"0\ta\t   \t3\n", Refused("line 2: id a has an empty sentence")),
     "a label outside the label set": (sst, SST + b"0\ta\tok\t5\n",
                                       Refused("line 2: label '5' is outside the label set 0..4")),
@@ -145,6 +154,9 @@ CASES = {
                                         Refused(r"line 5: byte 0xff \(column 2\) is not UTF-8")),
     "a sonnet file without numbers": (read_sonnets, b"Sonnets\nno numbers here\n",
                                       Refused("holds no numbered sonnets")),
+    "two sonnet files joined with cat: a byte-order mark inside": (
+        read_sonnets, b"\xef\xbb\xbfSonnets\n\n1\nA\nB\n\xef\xbb\xbfSonnets\n\n2\nC\n",
+        Refused(r"line 6: a byte-order mark inside the file: two files joined\?")),
 }
 
 
@@ -197,7 +209,7 @@ def command_for(reader, path, tmp_path):
     if reader is gold:
         predictions = outputs / "p.csv"
         write_predictions(predictions, ["a"], [3], SENTIMENT_HEADER)
-        return evaluation.main, ["grade", str(predictions), str(path)], path
+        return evaluation.main, ["grade", str(predictions), str(path), "--num-labels", "5"], path
     flag = "--held_out_path" if reader is prompts else "--sonnet_path"
     return sonnet_generation.main, [flag, str(path), "--sonnet_out", str(outputs / "test.txt"), "--sonnet_dev_out",
                                     str(outputs / "dev.txt"), "--run_dir", str(tmp_path / "run")], path

@@ -502,6 +502,33 @@ def test_beam_search_finishes_only_among_the_k_best_candidates_as_transformers(e
     assert run(model, prompts, strategy="beam", num_beams=beams, max_new_tokens=30) == theirs
 
 
+
+@pytest.fixture(scope="module")
+def repetitive_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[GPT2Model, GPT2LMHeadModel]:
+    """Like `repetitive_model`, as ours and as transformers' (the same weights, through a checkpoint): a model
+    that repeats itself, where the repetition controls decide the beams."""
+    reference = random_hf_gpt2(**TINY)
+    with torch.no_grad():
+        reference.transformer.wte.weight.mul_(10)
+    directory = tmp_path_factory.mktemp("repetitive-gpt2")
+    reference.save_pretrained(directory)
+    return GPT2Model.from_pretrained(directory), reference
+
+
+@pytest.mark.parametrize("beams, penalty, ngram", [(3, 1.3, 0), (4, 2.0, 0), (4, 1.5, 2)])
+def test_beam_search_with_repetition_controls_equals_transformers_generate(repetitive_models, beams, penalty, ngram):
+    """transformers' beam search applies the repetition penalty and the n-gram ban to log-probabilities, and scores
+    beams by their sums without normalising again: ours does the same. The prompts are unpadded: transformers'
+    penalty also counts a prompt's padding as seen, ours does not."""
+    model, reference = repetitive_models
+    prompts = left_padded_prompts([6] * 3, seed=4)
+    settings = dict(num_beams=beams, early_stopping=False, repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+    theirs = transformers_generate(reference, prompts, NEW_TOKENS, do_sample=False, **settings)
+    assert run(model, prompts, strategy="beam", num_beams=beams, repetition_penalty=penalty,
+               no_repeat_ngram=ngram) == theirs
+    assert theirs != transformers_generate(reference, prompts, NEW_TOKENS, do_sample=False, num_beams=beams,
+                                           early_stopping=False, no_repeat_ngram_size=ngram)  # the penalty counts
+
 def test_contrastive_search_copies_only_the_newest_cache_position(model, prompts, monkeypatch):
     copied = []
     copy_rows = decoding.copy_cache_rows

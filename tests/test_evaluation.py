@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from course.files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_gold, read_predictions, write_predictions
+from course.files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_predictions, write_predictions
+from course.gold import Gold, read_gold
 from course.metrics import classification_metrics
 from evaluation import grade, main
 from flags import UserError
@@ -28,7 +29,8 @@ def write_lines(path, *lines):
 
 @pytest.fixture
 def sst_gold(tmp_path):
-    return write_gold(tmp_path / "gold.csv", [("a", "good .", "4"), ("b", "bad .", "0"), ("c", "meh .", "2")])
+    """An SST dev file (by its name: labels 0-4) that holds classes 0, 2 and 4 only."""
+    return write_gold(tmp_path / "ids-sst-dev.csv", [("a", "good .", "4"), ("b", "bad .", "0"), ("c", "meh .", "2")])
 
 
 # -----------------------------------------------------------------------------
@@ -140,9 +142,11 @@ def test_missing_prediction_file_is_reported_by_name(tmp_path):
 # gold labels
 
 def test_gold_labels_detect_the_label_column_and_read_crlf(tmp_path):
-    path = write_gold(tmp_path / "sst.csv", [("a", "x", "3"), ("b", "y", "0")], line_end="\r\n")
-    assert read_gold(path) == ({"a": "3", "b": "0"}, [], "sentiment")
-    assert read_gold(path, label_column="sentence")[0] == {"a": "x", "b": "y"}
+    path = write_gold(tmp_path / "ids-sst-dev.csv", [("a", "x", "3", "1"), ("b", "y", "0", "2")],
+                      ("id", "sentence", "sentiment", "stars"), line_end="\r\n")
+    assert read_gold(path) == Gold({"a": "3", "b": "0"}, [], "sentiment", ["0", "1", "2", "3", "4"])
+    assert read_gold(path, label_column="stars", num_labels=3) == Gold({"a": "1", "b": "2"}, [], "stars",
+                                                                        ["0", "1", "2"])
 
 
 def test_gold_without_label_column_or_with_empty_id_is_reported(tmp_path):
@@ -151,8 +155,8 @@ def test_gold_without_label_column_or_with_empty_id_is_reported(tmp_path):
         read_gold(unlabelled)
     with pytest.raises(ValueError, match=r"test\.csv, line 1: column 'label' is missing"):
         read_gold(unlabelled, label_column="label")
-    no_id = write_gold(tmp_path / "gold.csv", [("a", "x", "1"), ("", "y", "2")])
-    with pytest.raises(ValueError, match=r"gold\.csv, line 3: the row has no id"):
+    no_id = write_gold(tmp_path / "ids-sst-dev.csv", [("a", "x", "1"), ("", "y", "2")])
+    with pytest.raises(ValueError, match=r"ids-sst-dev\.csv, line 3: the row has no id"):
         read_gold(no_id)
 
 
@@ -160,7 +164,7 @@ def test_quora_gold_skips_empty_labels_and_normalises_floats(tmp_path):
     columns = ("id", "sentence1", "sentence2", "is_duplicate")
     gold = write_gold(tmp_path / "quora.csv", [("p", "q1", "q2", "1.0"), ("q", "q3", "q4", ""),
                                                ("r", "q5", "q6", "0.0"), ("s", "q7", "q8", "1.0")], columns)
-    assert read_gold(gold) == ({"p": "1", "r": "0", "s": "1"}, ["q"], "is_duplicate")
+    assert read_gold(gold) == Gold({"p": "1", "r": "0", "s": "1"}, ["q"], "is_duplicate", ["0", "1"])
 
     preds = tmp_path / "para-dev-output.csv"
     write_predictions(preds, ["p", "r", "s"], [1, 1, 1], PARAPHRASE_HEADER)  # no prediction for unlabelled 'q'
@@ -241,7 +245,7 @@ def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path, capsys):
     gold_path = ROOT / "data" / "ids-sst-dev.csv"
     if not gold_path.exists():
         pytest.skip("course data not in data/")
-    gold = read_gold(gold_path)[0]
+    gold = read_gold(gold_path).labels
     preds = tmp_path / "sst-dev-output.csv"
     write_predictions(preds, list(gold), list(gold.values()), SENTIMENT_HEADER)
     main(["grade", str(preds), str(gold_path)])
@@ -249,10 +253,10 @@ def test_gold_labels_of_the_real_sst_dev_file_grade_perfectly(tmp_path, capsys):
     assert f"examples   {len(gold)}" in out and "accuracy   1.0000" in out
 
 
-def test_grade_refuses_a_prediction_outside_the_gold_label_set(tmp_path, sst_gold, capsys):
+def test_grade_refuses_a_prediction_outside_the_tasks_label_set(tmp_path, sst_gold, capsys):
     preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 4", "b , 7", "c , 2")
     with pytest.raises(UserError, match=r"p\.csv, line 3: id b is predicted '7', which is not one of the labels "
-                                        r"\(0, 2, 4\)"):
+                                        r"\(0, 1, 2, 3, 4\)"):
         grade(preds, sst_gold)
     with pytest.raises(SystemExit) as stop:
         main(["grade", str(preds), str(sst_gold)])
@@ -263,10 +267,89 @@ def test_grade_equals_the_training_scripts_dev_metrics(tmp_path):
     gold_path = ROOT / "data" / "ids-sst-dev.csv"
     if not gold_path.exists():
         pytest.skip("course data not in data/")
-    gold = read_gold(gold_path)[0]
+    gold = read_gold(gold_path).labels
     preds = [(int(label) + n % 3) % 4 for n, label in enumerate(gold.values())]  # never class 4, some right
     path = tmp_path / "sst-dev-output.csv"
     write_predictions(path, list(gold), preds, SENTIMENT_HEADER)
     per_epoch = classification_metrics(list(gold.values()), preds, range(5))  # what classifier.py logs
     graded = grade(path, gold_path)
     assert (graded["accuracy"], graded["macro_f1"]) == (per_epoch["accuracy"], per_epoch["macro_f1"])
+
+
+# -----------------------------------------------------------------------------
+# the task's label set
+
+def test_a_dev_file_that_lacks_a_class_grades_a_prediction_of_that_class_over_every_class(tmp_path, sst_gold,
+                                                                                          capsys):
+    preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 4", "b , 1", "c , 3")  # gold: 4, 0, 2
+    graded = grade(preds, sst_gold)
+    per_epoch = classification_metrics(["4", "0", "2"], ["4", "1", "3"], range(5))  # what classifier.py logs
+    assert graded["labels"] == ["0", "1", "2", "3", "4"]
+    assert (graded["accuracy"], graded["macro_f1"]) == (pytest.approx(1 / 3), per_epoch["macro_f1"])
+    main(["grade", str(preds), str(sst_gold)])
+    assert "accuracy   0.3333" in capsys.readouterr().out
+
+
+def test_the_label_set_comes_from_the_gold_files_name_or_from_num_labels(tmp_path, capsys):
+    rows = [("a", "good .", "1"), ("b", "bad .", "0")]
+    preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 1", "b , 3")
+    with pytest.raises(UserError, match=r"p\.csv, line 3: id b is predicted '3', which is not one of the labels "
+                                        r"\(0, 1\)$"):
+        grade(preds, write_gold(tmp_path / "ids-cfimdb-dev.csv", rows))
+    assert grade(preds, write_gold(tmp_path / "ids-sst-dev.csv", rows))["accuracy"] == 0.5
+
+    small = write_gold(tmp_path / "small-dev.csv", rows)
+    with pytest.raises(SystemExit) as stop:
+        main(["grade", str(preds), str(small)])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1
+    assert error.startswith(f"evaluation.py: error: {small}: neither its name nor its label column 'sentiment' says "
+                            "how many classes the task has")
+    assert "evaluation.py grade --num-labels 5 for SST" in error
+    main(["grade", str(preds), str(small), "--num-labels", "5"])  # as advised
+    assert "accuracy   0.5000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["grade", str(preds), str(small), "--num-labels", "1"])
+    assert capsys.readouterr().err == "evaluation.py: error: --num-labels 1: must be at least 2\n"
+
+
+def test_a_gold_label_outside_the_tasks_label_set_is_refused_with_its_line(tmp_path):
+    gold = write_gold(tmp_path / "ids-cfimdb-dev.csv", [("a", "good .", "1"), ("b", "bad .", "4")])
+    preds = write_lines(tmp_path / "p.csv", "id \t Predicted_Sentiment ", "a , 1", "b , 0")
+    with pytest.raises(UserError, match=r"ids-cfimdb-dev\.csv, line 3: label '4' is outside the label set 0\.\.1"):
+        grade(preds, gold)
+
+
+def test_paraphrase_answers_written_as_floats_grade_as_written_as_integers(tmp_path):
+    gold = write_gold(tmp_path / "quora.csv", [("p", "q1", "q2", "1.0"), ("r", "q5", "q6", "0.0"),
+                                               ("s", "q7", "q8", "1.0")],
+                      ("id", "sentence1", "sentence2", "is_duplicate"))
+    tokens = write_lines(tmp_path / "tokens.csv", PARAPHRASE_HEADER, "p , 8505", "r , 8505", "s , 3919")
+    floats = write_lines(tmp_path / "floats.csv", PARAPHRASE_HEADER, "p , 8505.0", "r , 8505.0", "s , 3919.0")
+    plain = write_lines(tmp_path / "plain.csv", PARAPHRASE_HEADER, "p , 1.0", "r , 1.0", "s , 0.0")
+    assert grade(floats, gold) == grade(tokens, gold) == grade(plain, gold)
+    assert grade(floats, gold)["accuracy"] == pytest.approx(1 / 3)
+
+
+# -----------------------------------------------------------------------------
+# tables, and JSON for scripts
+
+def test_grade_prints_json_with_json(tmp_path, sst_gold, capsys):
+    preds = tmp_path / "p.csv"
+    write_predictions(preds, ["a", "b", "c"], [4, 0, 0], SENTIMENT_HEADER)
+    main(["grade", str(preds), str(sst_gold), "--json"])
+    assert json.loads(capsys.readouterr().out) == grade(preds, sst_gold)
+
+
+def test_the_sonnets_command_prints_a_table_and_json_with_json(tmp_path, capsys):
+    sonnets = "Sonnets\n\n1\nShall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n"
+    generated = write_lines(tmp_path / "generated.txt", sonnets)
+    main(["sonnets", str(generated), str(generated)])
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in table] == ["sonnets", "chrF", "distinct-1", "distinct-2", "14-line share",
+                                                       "rhyme accuracy"]
+    assert table[0].split() == ["sonnets", "1"] and table[1].split() == ["chrF", "100.0000"]
+    main(["sonnets", str(generated), str(generated), "--json"])
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["count"] == 1 and metrics["chrf"] == pytest.approx(100.0)
+    assert table[2].split()[-1] == f"{metrics['distinct_1']:.4f}"

@@ -1,7 +1,8 @@
 """export.py: a finished run's best model as a checkpoint directory that transformers loads with no missing or
-unexpected weights and that computes our logits and greedy decoding to float32 precision, that our scripts read
-back to the run's own predictions, and with a model card; what transformers cannot compute exactly (another head,
-a bias, prefix-tuning) and any OUT_DIR that would replace files are refused in one line."""
+unexpected weights and that computes our logits and greedy decoding to float32 precision (a linear head's bias
+folded into the final LayerNorm), that our scripts read back to the run's own predictions, and with a model card;
+what transformers cannot compute exactly (another head, prefix-tuning) and any OUT_DIR that would replace files
+are refused in one line. The runs are conftest's `finished_runs`, trained once per session."""
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from transformers import AutoTokenizer, GPT2ForSequenceClassification, GPT2LMHea
 import classifier
 import export
 import paraphrase_detection as para
+import predict
 import sonnet_generation
 from datasets import pad_to_longest
 from models import hf_checkpoint
@@ -20,57 +22,27 @@ from models.decoding import DecodingConfig, generate
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
 from predict import best_model, finished_run
-from tests.conftest import tiny_gpt2
+from tests.conftest import paraphrase_files, sonnet_files, tiny_gpt2
 from training.settings import ModelSettings
 
-ROWS = 60  # of each course file: the first with every SST class in dev, and quick to score
 TEXTS = ["Is this the same question?", "A short one", "Shall I compare thee to a summer's day?"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("export-data")
-    for name in [f"ids-sst-{split}.csv" for split in ("train", "dev", "test-student")] + [
-            f"quora-{split}.csv" for split in ("train", "dev", "test-student")]:
-        lines = (Path("data") / name).read_text().splitlines(keepends=True)
-        (folder / name).write_text("".join(lines[:ROWS + 1]))
-    return folder
-
-
-def para_files(data: Path, out: Path) -> list[str]:
-    return ["--para_train", str(data / "quora-train.csv"), "--para_dev", str(data / "quora-dev.csv"),
-            "--para_test", str(data / "quora-test-student.csv"), "--para_dev_out", str(out / "dev.csv"),
-            "--para_test_out", str(out / "test.csv")]
-
-
-def sonnet_files(out: Path) -> list[str]:
-    return ["--max_new_tokens", "8", "--sonnet_dev_out", str(out / "dev.txt"), "--sonnet_out", str(out / "test.txt")]
+@pytest.fixture
+def runs(finished_runs: dict[str, Path]) -> dict[str, Path]:
+    """conftest's `finished_runs`, by a short name."""
+    return finished_runs
 
 
 @pytest.fixture(scope="module")
-def runs(data: Path, tmp_path_factory: pytest.TempPathFactory, long_context_checkpoint: Path) -> dict[str, Path]:
-    """Finished one-epoch runs on a tiny GPT-2, trained by the scripts: a cloze paraphrase run with DoRA, a sonnet
-    run of its bottom layer only, and a sentiment run with a linear head on the last token. Their prediction files
-    are in predictions/ beside each run's directory."""
-    root = tmp_path_factory.mktemp("export-runs")
-    common = ["--model_path", str(long_context_checkpoint), "--epochs", "1", "--lr", "1e-3", "--batch_size", "8",
-              "--train_limit", "8"]
-    para.main([*common, *para_files(data, root / "paraphrase/predictions"), "--lora", "--dora", "--lora_rank", "2",
-               "--run_dir", str(root / "paraphrase/runs")])
-    sonnet_generation.main([*common, *sonnet_files(root / "sonnets/predictions"), "--keep_layers", "1",
-                            "--run_dir", str(root / "sonnets/runs")])
-    classifier.main([*common, "--data_dir", str(data), "--dataset", "sst", "--run_dir", str(root / "sentiment/runs"),
-                     "--predictions_dir", str(root / "sentiment/predictions")])
-    return {"paraphrase": root / "paraphrase/runs", "sonnets": root / "sonnets/runs",
-            "sentiment": root / "sentiment/runs/sst"}
-
-
-@pytest.fixture(scope="module")
-def exports(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exports(finished_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each finished run exported: the paraphrase and sonnet runs as language models, the sentiment run as a
+    sequence classifier."""
     root = tmp_path_factory.mktemp("exports")
-    for name in ("paraphrase", "sonnets"):
-        export.main([str(runs[name]), str(root / name)])
-    return {name: root / name for name in ("paraphrase", "sonnets")}
+    (root / "sonnets").mkdir()  # an empty OUT_DIR holds nothing to replace: the export takes its place
+    for name, run in finished_runs.items():
+        export.main([str(run), str(root / name)])
+    return {name: root / name for name in finished_runs}
 
 
 def ours(run: Path) -> torch.nn.Module:
@@ -108,7 +80,7 @@ def edited_run(run: Path, folder: Path, group: str, **values) -> Path:
 
 def test_our_weights_go_to_transformers_names_and_read_back_unchanged():
     gpt = tiny_gpt2(intermediate_size=96)
-    back = hf_checkpoint.to_our_names(export.hf_tensors(gpt), gpt.config, "the export")
+    back = hf_checkpoint.to_our_names(hf_checkpoint.to_hf_names(gpt.state_dict(), gpt.config), gpt.config, "ours")
     assert back.keys() == gpt.state_dict().keys()
     assert all(torch.equal(back[name], tensor) for name, tensor in gpt.state_dict().items())
     assert export.hf_config(gpt.config, export.LM_HEAD).n_inner == 96
@@ -141,40 +113,72 @@ def test_the_model_card_names_the_task_base_model_strategy_prompt_and_dev_metric
     assert f"| base model | the checkpoint in `{long_context_checkpoint}`, pre-trained |" in card
     assert "| what trained | DoRA (rank 2, alpha 16, on query,value), merged into the weights |" in card
     assert all(f"| {name} | {value:.4f} |" in card for name, value in result["best_metrics"].items())
-    assert 'Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": ' in card and "'yes' (token 8505)" in card
-    assert '"lora_rank": 2' in card  # the recorded settings
+    prompt = card.split("```text\n")[1].split("\n```")[0]
+    assert prompt.count("Answer \"yes\" or \"no\": ") == 3  # two answered demonstrations, then the pair's question
+    assert prompt.endswith('Is "{s1}" a paraphrase of "{s2}"? Answer "yes" or "no": ') and "'yes' (token 8505)" in card
+    assert "both orders of a pair" in card and '"lora_rank": 2' in card  # --symmetric; the recorded settings
+    sentiment = (exports["sentiment"] / "README.md").read_text()
+    assert "```text\nReview: {sentence} Sentiment:\n```" in sentiment
 
 
-def test_our_scripts_read_the_export_back_and_write_the_runs_predictions(data, runs, exports, tmp_path):
-    para.main(["--model_path", str(exports["paraphrase"]), "--epochs", "0", *para_files(data, tmp_path)])
+def test_our_scripts_read_the_export_back_and_write_the_runs_predictions(course_rows, runs, exports, tmp_path):
+    # The run's prompt flags again, not its strategy: the export holds the DoRA adapters merged.
+    para.main(["--model_path", str(exports["paraphrase"]), "--epochs", "0", "--k_shot", "2", "--symmetric",
+               *paraphrase_files(course_rows, tmp_path)])
     assert (tmp_path / "dev.csv").read_bytes() == (runs["paraphrase"].parent / "predictions/dev.csv").read_bytes()
     assert json.loads((exports["sonnets"] / "config.json").read_text())["n_layer"] == 1  # --keep_layers 1
-    sonnet_generation.main(["--model_path", str(exports["sonnets"]), "--epochs", "0", *sonnet_files(tmp_path)])
+    sonnet_generation.main(["--model_path", str(exports["sonnets"]), "--epochs", "0", "--max_new_tokens", "8",
+                            *sonnet_files(tmp_path)])
     assert (tmp_path / "dev.txt").read_bytes() == (runs["sonnets"].parent / "predictions/dev.txt").read_bytes()
 
 
-def test_a_last_token_head_without_a_bias_exports_as_a_sequence_classifier_with_our_logits(runs, tmp_path, capsys):
-    # A trained head has a bias, which GPT2ForSequenceClassification lacks: refused, with the reason.
-    message = refusal(capsys, [str(runs["sentiment"]), str(tmp_path / "refused")])
-    assert message.startswith(f"{runs['sentiment']}: its head adds a bias to each class's logit (up to ")
-    assert not (tmp_path / "refused").exists()
-    unbiased = tmp_path / "unbiased"
-    shutil.copytree(runs["sentiment"], unbiased)
-    best = torch.load(unbiased / "best.pt", weights_only=True)
-    best["model"]["classifier.bias"].zero_()
-    torch.save(best, unbiased / "best.pt")
-
-    (tmp_path / "out").mkdir()  # an empty directory is no input: it is replaced
-    export.main([str(unbiased), str(tmp_path / "out")])
-    theirs, info = GPT2ForSequenceClassification.from_pretrained(tmp_path / "out", output_loading_info=True)
+def test_a_last_token_head_with_a_bias_exports_as_a_sequence_classifier_with_our_logits(runs, exports):
+    head_bias = torch.load(runs["sentiment"] / "best.pt", weights_only=True)["model"]["classifier.bias"]
+    assert head_bias.count_nonzero() == 5  # a trained head's bias, which the export must carry
+    theirs, info = GPT2ForSequenceClassification.from_pretrained(exports["sentiment"], output_loading_info=True)
     assert info["missing_keys"] == info["unexpected_keys"] == set() and not info["mismatched_keys"]
     assert theirs.config.id2label == {i: str(i) for i in range(5)}
     input_ids, mask = right_padded(TEXTS)
     with torch.no_grad():
-        expected = ours(unbiased)(input_ids, mask)["logits"]
+        expected = ours(runs["sentiment"])(input_ids, mask)["logits"]
         logits = theirs.eval()(input_ids, attention_mask=mask).logits
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    assert "pipeline_tag: text-classification" in (tmp_path / "out/README.md").read_text()
+    assert "pipeline_tag: text-classification" in (exports["sentiment"] / "README.md").read_text()
+
+
+def test_a_sequence_classifier_export_starts_a_run_as_its_gpt2_with_a_new_head(course_rows, runs, exports, tmp_path,
+                                                                              capsys):
+    with pytest.warns(UserWarning, match="its head .score.weight, 5 classes. is not, so a head starts anew"):
+        read = GPT2Model.from_pretrained(exports["sentiment"]).state_dict()
+    run = ours(runs["sentiment"])
+    trained = run.gpt.state_dict()
+    assert all(torch.equal(read[name], tensor) for name, tensor in trained.items() if name != "final_layer_norm.bias")
+    shift = (read["final_layer_norm.bias"] - trained["final_layer_norm.bias"]).double()
+    torch.testing.assert_close(run.classifier.weight.double() @ shift, run.classifier.bias.double(), atol=1e-6,
+                               rtol=1e-5)  # the head's bias, folded in
+    capsys.readouterr()
+    classifier.main(["--model_path", str(exports["sentiment"]), "--epochs", "0", "--dataset", "sst",
+                     "--data_dir", str(course_rows), "--predictions_dir", str(tmp_path)])
+    assert "classifier.py: warning: " in capsys.readouterr().err
+    assert (tmp_path / "last-linear-layer-sst-dev-out.csv").is_file()
+
+
+def test_a_head_bias_no_layer_norm_shift_gives_is_refused_and_predict_py_still_predicts(runs, tmp_path, capsys):
+    degenerate = tmp_path / "degenerate"
+    shutil.copytree(runs["sentiment"], degenerate)
+    best = torch.load(degenerate / "best.pt", weights_only=True)
+    weight = best["model"]["classifier.weight"]
+    weight[1:] = weight[0]  # every class reads the same direction, yet their biases differ
+    torch.save(best, degenerate / "best.pt")
+    message = refusal(capsys, [str(degenerate), str(tmp_path / "out")])
+    assert message.startswith(f"{degenerate}: its head adds a bias to each class's logit") and "rank 1" in message
+    assert not (tmp_path / "out").exists()
+    advised = message.split("`")[1].split()  # `python predict.py RUN_DIR`
+    assert advised[:2] == ["python", "predict.py"]
+    (tmp_path / "sentences.txt").write_text("A fine film.\nDull.\n")
+    capsys.readouterr()
+    predict.main([*advised[2:], "--input", str(tmp_path / "sentences.txt")])
+    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 @pytest.mark.parametrize("name, group, values, message", [

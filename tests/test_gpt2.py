@@ -150,6 +150,16 @@ def test_dropout_is_off_in_eval_and_on_in_train(implementation):
         assert not torch.equal(model(input_ids, mask)["last_hidden_state"], first)
 
 
+
+def test_from_pretrained_returns_evaluation_mode_as_transformers_does(tiny_checkpoint):
+    """Two identical passes right after loading agree, as transformers' do: dropout (0.1 in the checkpoint) is off
+    until training calls `.train()`."""
+    model = GPT2Model.from_pretrained(tiny_checkpoint[0])
+    assert model.config.hidden_dropout_prob == 0.1 and not model.training
+    input_ids, mask = right_padded_batch(model.config.vocab_size, [9, 5])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids, mask)["last_hidden_state"], model(input_ids, mask)["last_hidden_state"])
+
 def test_random_init_follows_gpt2():
     model = tiny_model()
     residual_std = 0.02 / math.sqrt(2 * 2)

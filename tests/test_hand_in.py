@@ -1,6 +1,7 @@
 """prepare_submit.py zips only a predictions folder that answers every input id and prompt, and names every
 missing or wrong file at once otherwise. Each case builds a small course data folder and a complete
 predictions folder, then damages one thing."""
+import shlex
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import classifier
 import prepare_submit
+from course import hand_in
 from course.files import PARAPHRASE_HEADER, SENTIMENT_HEADER, read_predictions, write_predictions
-from course.hand_in import check_predictions
+from course.hand_in import check_predictions, gpu_flag
 from course.sonnets import write_sonnets
 from flags import UserError
 
@@ -26,6 +29,7 @@ PROMPTS = {"sonnets_held_out.txt": {145: ["Those lips that Love's own hand did m
                                              "A woman's gentle heart but not acquainted"]}}
 GENERATED = {"generated_sonnets.txt": "sonnets_held_out.txt", "generated_sonnets_dev.txt": "sonnets_held_out_dev.txt"}
 MORE = "And so the sonnet runs on past its prompt,"
+GPU = gpu_flag()  # the advised commands take --use_gpu only where this machine has a GPU
 
 
 def ids(name: str) -> list[str]:
@@ -186,12 +190,14 @@ DAMAGE = {
                           PARAPHRASE_HEADER),
                       ["para-dev-output.csv: predictions for 1 id(s) not in", "quora-dev.csv (stray)"]),
     "a file missing": (delete("para-test-output.csv"),
-                       ["missing", "para-test-output.csv (written by `python paraphrase_detection.py --use_gpu`)"]),
+                       ["missing", f"para-test-output.csv (written by `python paraphrase_detection.py{GPU}`)"]),
     "a mode with files missing": (delete("full-model-cfimdb-test-out.csv"),
-                                  ["full-model-cfimdb-test-out.csv (written by `python classifier.py --fine-tune-mode "
-                                   "full-model --dataset cfimdb --use_gpu`)"]),
+                                  ["no fine-tune mode has all its sentiment files", "the hand-in needs all four "
+                                   "sentiment files of one fine-tune mode",
+                                   "full-model-cfimdb-test-out.csv (written by `python classifier.py --fine-tune-mode "
+                                   f"full-model --dataset cfimdb{GPU}`)"]),
     "no sentiment files": (lambda predictions, data: [path.unlink() for path in predictions.glob("full-model-*")],
-                           ["no sentiment predictions", "--fine-tune-mode full-model --use_gpu"]),
+                           ["no sentiment predictions", f"`python classifier.py --fine-tune-mode full-model{GPU}`"]),
     "an altered prompt line": (alter_prompt, ["generated_sonnets.txt: 1 sonnet(s) not beginning with their "
                                               "prompt's lines unaltered (146)", "'Pressed with those'"]),
     "a sonnet that stops at its prompt": (stop_at_prompt, ["generated_sonnets_dev.txt: 1 sonnet(s) with no line "
@@ -236,6 +242,86 @@ def test_every_problem_is_named_at_once(folders):
         check_predictions(predictions, data)
     problems = str(refused.value).removeprefix("not ready to hand in: ").split("; ")
     assert problems[0] == (f"missing {predictions / 'para-dev-output.csv'} "
-                           "(written by `python paraphrase_detection.py --use_gpu`)")
+                           f"(written by `python paraphrase_detection.py{GPU}`)")
     assert any("full-model-sst-test-out.csv: no prediction for 1 of the 3 ids" in problem for problem in problems)
     assert any("generated_sonnets.txt: 1 sonnet(s) not beginning" in problem for problem in problems)
+
+
+# -----------------------------------------------------------------------------
+# one mode complete, the other in part; the commands advised
+
+def start_last_linear_layer(predictions: Path) -> None:
+    """The README's `--fine-tune-mode last-linear-layer --dataset sst`: half of that mode's files."""
+    for split in ("dev", "test"):
+        write_predictions(predictions / f"last-linear-layer-sst-{split}-out.csv", ids(f"sst-{split}"), [4, 0, 2],
+                          SENTIMENT_HEADER)
+
+
+def test_a_mode_in_part_beside_a_complete_one_is_handed_in_with_a_warning(folders, tmp_path, capsys):
+    predictions, _ = folders
+    start_last_linear_layer(predictions)
+    prepare_submit.main(flags(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert f"ok  {predictions / 'last-linear-layer-sst-test-out.csv'}: 3 ids" in out
+    assert out[-2] == (
+        "warning  last-linear-layer has 2 of its 4 sentiment files, and full-model has all of them, so the hand-in "
+        "goes ahead (the hand-in needs all four sentiment files of one fine-tune mode, "
+        "{mode}-{sst,cfimdb}-{dev,test}-out.csv for full-model or for last-linear-layer): "
+        f"missing {predictions / 'last-linear-layer-cfimdb-dev-out.csv'} and "
+        f"{predictions / 'last-linear-layer-cfimdb-test-out.csv'} (written by `python classifier.py --fine-tune-mode "
+        f"last-linear-layer --dataset cfimdb{GPU}`)")
+    assert "predictions/last-linear-layer-sst-dev-out.csv" in zipfile.ZipFile(tmp_path / "submission.zip").namelist()
+
+
+def test_a_mode_in_part_beside_a_complete_one_is_still_checked(folders):
+    predictions, data = folders
+    start_last_linear_layer(predictions)
+    drop_ids(predictions / "last-linear-layer-sst-dev-out.csv", {"sst-dev-1"})
+    with pytest.raises(UserError, match="last-linear-layer-sst-dev-out.csv: no prediction for 1 of the 3 ids"):
+        check_predictions(predictions, data)
+
+
+def test_a_mode_in_part_alone_is_refused_stating_the_rule(folders):
+    predictions, data = folders
+    start_last_linear_layer(predictions)
+    for path in predictions.glob("full-model-*"):
+        path.unlink()
+    with pytest.raises(UserError) as refused:
+        check_predictions(predictions, data)
+    problems = str(refused.value).removeprefix("not ready to hand in: ").split("; ")
+    assert problems[:2] == [
+        f"no fine-tune mode has all its sentiment files in {predictions}: the hand-in needs all four sentiment files "
+        "of one fine-tune mode, {mode}-{sst,cfimdb}-{dev,test}-out.csv for full-model or for last-linear-layer",
+        f"missing {predictions / 'last-linear-layer-cfimdb-dev-out.csv'} and "
+        f"{predictions / 'last-linear-layer-cfimdb-test-out.csv'} (written by `python classifier.py --fine-tune-mode "
+        f"last-linear-layer --dataset cfimdb{GPU}`)"]
+
+
+@pytest.mark.parametrize("nvidia_smi, flag", [(None, ""), ("/usr/bin/nvidia-smi", " --use_gpu")])
+def test_the_advised_commands_ask_for_the_gpu_only_where_there_is_one(folders, monkeypatch, nvidia_smi, flag):
+    monkeypatch.setattr(hand_in.shutil, "which", lambda name: nvidia_smi if name == "nvidia-smi" else None)
+    predictions, data = folders
+    (predictions / "para-dev-output.csv").unlink()
+    (predictions / "full-model-sst-dev-out.csv").unlink()
+    with pytest.raises(UserError) as refused:
+        check_predictions(predictions, data)
+    assert f"(written by `python paraphrase_detection.py{flag}`)" in str(refused.value)
+    assert f"(written by `python classifier.py --fine-tune-mode full-model --dataset sst{flag}`)" in str(refused.value)
+
+
+def test_the_advised_command_completes_the_mode_on_this_machine(folders, tmp_path, capsys, tiny_checkpoint):
+    """The warning's command, run as written (with a tiny model, on the test's data), writes the missing files:
+    then both modes are complete and nothing is left to warn about."""
+    predictions, data = folders
+    start_last_linear_layer(predictions)
+    write_rows(data / "ids-cfimdb-train.csv", SENTIMENT_DEV,
+               [f"{n}\tcfimdb-train-{n}\t A sentence .\t{n % 2}" for n in range(8)])
+    advice = check_predictions(predictions, data)[-1]
+    command = advice[advice.index("(written by `") + len("(written by `"):-len("`)")]
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "classifier.py"]
+    classifier.main(argv[2:] + ["--model_path", str(tiny_checkpoint[0]), "--data_dir", str(data), "--predictions_dir",
+                                str(predictions), "--run_dir", str(tmp_path / "runs"), "--epochs", "1"])
+    report = check_predictions(predictions, data)
+    assert sum(line.startswith(f"ok  {predictions / 'last-linear-layer-'}") for line in report) == 4
+    assert not [line for line in report if line.startswith("warning")]

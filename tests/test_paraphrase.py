@@ -8,7 +8,7 @@ import torch
 import evaluation
 import paraphrase_detection as para
 from course.files import PARAPHRASE_HEADER, ParaphraseExample, read_paraphrase, read_predictions, write_predictions
-from datasets import tokenize_paraphrase
+from datasets import TokenizedDataset, tokenize_paraphrase
 from models.classification import GPT2Classifier
 from models.gpt2 import GPT2Model
 from models.tokenizer import load_tokenizer
@@ -107,11 +107,22 @@ def test_run_writes_complete_ordered_gradeable_files(tmp_path, tiny_checkpoint, 
     write_predictions(plain, list(answers), [int(a == "8505") for a in answers.values()], PARAPHRASE_HEADER)
     assert evaluation.grade(plain, DATA / "quora-dev.csv") == graded
     output = capsys.readouterr().out
-    assert "projected_full_epoch_minutes" in output and "padding_fraction" in output
+    assert any(line.startswith("training speed: ") for line in output.splitlines())
+    assert f"evaluation.py grade {dev_out} {DATA / 'quora-dev.csv'}" in output  # the summary's next command
     # one definition of the metrics: the graded file scores what the epoch's dev pass logged
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     (dev,) = [record for record in records if record["split"] == "dev"]
     assert {name: dev[name] for name in METRICS} == {name: graded[name] for name in METRICS}
+
+
+def test_speed_report_says_what_each_number_is(capsys):
+    records = [{"split": "epoch", "epoch": 0, "step": 4, "seconds": 2.0, "tokens_per_second": 1500.0}]
+    pairs = TokenizedDataset(["a", "b"], [[1] * 30, [1] * 50], [0, 1])
+    para.report_speed(records, pairs, 0.125)
+    minutes = para.FULL_QUORA_PAIRS * 40 / 1500 / 60
+    assert capsys.readouterr().out == (
+        "training speed: 1,500 tokens/s; 12.5% of the batches' tokens are padding; 40.0 tokens a pair, so an epoch "
+        f"of the full 283,003 pairs would take {minutes:.1f} minutes\n")
 
 
 def first_rows(name: str, folder: Path, rows: int = 40) -> Path:

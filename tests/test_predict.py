@@ -1,7 +1,7 @@
 """predict.py: a finished run's best model, rebuilt from its settings.json and best.pt, labels new inputs as the
 run labelled its dev file (its prompt, demonstrations, both orders, head and adapters), completes sonnets with the
 run's decoding unless told otherwise, and refuses unfinished runs, other tasks' flags and malformed lines in one
-line before any model is built."""
+line before any model is built. The runs are conftest's `finished_runs`, trained once per session."""
 import io
 import json
 import shutil
@@ -11,48 +11,18 @@ from pathlib import Path
 import pytest
 
 import classifier
-import paraphrase_detection as para
 import predict
-import sonnet_generation
 from course.files import read_paraphrase, read_predictions, read_sentiment
 from course.sonnets import read_sonnets
 from models.gpt2 import GPT2Model
 
-ROWS = 60  # of each course file: the first with every SST class in dev, and quick to score
 PROMPTS = Path("data/sonnets_held_out_dev.txt")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first rows of each course file this module's runs read, under the course's file names."""
-    folder = tmp_path_factory.mktemp("predict-data")
-    for name in [f"ids-sst-{split}.csv" for split in ("train", "dev", "test-student")] + [
-            f"quora-{split}.csv" for split in ("train", "dev", "test-student")]:
-        lines = (Path("data") / name).read_text().splitlines(keepends=True)
-        (folder / name).write_text("".join(lines[:ROWS + 1]))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def runs(data: Path, tmp_path_factory: pytest.TempPathFactory, long_context_checkpoint: Path) -> dict[str, Path]:
-    """Finished one-epoch runs of each task on a tiny GPT-2, trained by the scripts themselves; a small learning
-    rate keeps their random heads' labels varied. Each run's prediction files are under predictions/ beside it."""
-    root = tmp_path_factory.mktemp("predict-runs")
-    common = ["--model_path", str(long_context_checkpoint), "--epochs", "1", "--lr", "1e-5", "--batch_size", "8"]
-    classifier.main([*common, "--data_dir", str(data), "--dataset", "sst", "--fine-tune-mode", "full-model",
-                     "--train_limit", "8", "--lora", "--lora_rank", "2", "--pooling", "mean",
-                     "--prompt", "Review: {sentence} Sentiment:", "--run_dir", str(root / "sentiment/runs"),
-                     "--predictions_dir", str(root / "sentiment/predictions")])
-    para.main([*common, "--para_train", str(data / "quora-train.csv"), "--para_dev", str(data / "quora-dev.csv"),
-               "--para_test", str(data / "quora-test-student.csv"), "--train_limit", "8", "--k_shot", "2",
-               "--symmetric", "--run_dir", str(root / "paraphrase/runs"),
-               "--para_dev_out", str(root / "paraphrase/predictions/dev.csv"),
-               "--para_test_out", str(root / "paraphrase/predictions/test.csv")])
-    sonnet_generation.main([*common, "--train_limit", "8", "--max_new_tokens", "8", "--run_dir",
-                            str(root / "sonnets/runs"), "--sonnet_dev_out", str(root / "sonnets/predictions/dev.txt"),
-                            "--sonnet_out", str(root / "sonnets/predictions/test.txt")])
-    return {"sentiment": root / "sentiment/runs/sst", "paraphrase": root / "paraphrase/runs",
-            "sonnets": root / "sonnets/runs"}
+@pytest.fixture
+def runs(finished_runs: dict[str, Path]) -> dict[str, Path]:
+    """conftest's `finished_runs`, by a short name."""
+    return finished_runs
 
 
 def printed(capsys: pytest.CaptureFixture, argv: list[str]) -> list[str]:
@@ -61,23 +31,23 @@ def printed(capsys: pytest.CaptureFixture, argv: list[str]) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def refusal(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+def refusal(capsys: pytest.CaptureFixture, argv: list[str], main=predict.main, prog: str = "predict.py") -> str:
     """The one line a refused command prints; it must exit with status 2."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
-        predict.main(argv)
+        main(argv)
     assert stopped.value.code == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("predict.py: error: ") and "\n" not in message and "Traceback" not in message
-    return message.removeprefix("predict.py: error: ")
+    assert message.startswith(f"{prog}: error: ") and "\n" not in message and "Traceback" not in message
+    return message.removeprefix(f"{prog}: error: ")
 
 
 def no_model(*args, **kwargs):
     raise AssertionError("a model was built before the command was checked")
 
 
-def test_sentiment_labels_equal_the_runs_dev_predictions(data, runs, tmp_path, capsys):
-    dev = read_sentiment(data / "ids-sst-dev.csv", 5)
+def test_sentiment_labels_equal_the_runs_dev_predictions(course_rows, runs, tmp_path, capsys):
+    dev = read_sentiment(course_rows / "ids-sst-dev.csv", 5)
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("".join(f"{example.sentence}\n" for example in dev))
     lines = printed(capsys, [str(runs["sentiment"]), "--input", str(sentences), "--probabilities"])
@@ -90,9 +60,9 @@ def test_sentiment_labels_equal_the_runs_dev_predictions(data, runs, tmp_path, c
         assert len(values) == 5 and abs(sum(values) - 1) < 1e-3 and values[int(label)] == max(values)
 
 
-def test_paraphrase_answers_equal_the_runs_dev_predictions_with_its_demonstrations_and_both_orders(data, runs,
+def test_paraphrase_answers_equal_the_runs_dev_predictions_with_its_demonstrations_and_both_orders(course_rows, runs,
                                                                                                    tmp_path, capsys):
-    dev = read_paraphrase(data / "quora-dev.csv")
+    dev = read_paraphrase(course_rows / "quora-dev.csv")
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{pair.sentence1}\t{pair.sentence2}\n" for pair in dev))
     lines = printed(capsys, [str(runs["paraphrase"]), "--input", str(pairs), "--batch_size", "7"])
@@ -179,6 +149,21 @@ def test_unfinished_runs_and_folders_of_runs_are_refused_naming_what_to_do(runs,
     assert refusal(capsys, [str(folder)]).endswith(f"the runs in it are {runs['sentiment']}: give one of those")
 
 
+def test_a_run_this_code_cannot_rebuild_is_refused_naming_it_here_and_in_an_ensemble(course_rows, runs, tmp_path,
+                                                                                      monkeypatch, capsys):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(runs["sentiment"], foreign)
+    record = json.loads((foreign / "settings.json").read_text())
+    record["settings"]["task"]["sharpness"] = 2
+    (foreign / "settings.json").write_text(json.dumps(record))
+    monkeypatch.setattr(GPT2Model, "__init__", no_model)
+    problem = "its settings.json does not rebuild the run's model with this code: 'sharpness' is not a setting"
+    assert refusal(capsys, [str(foreign)]).startswith(f"{foreign}: {problem}")
+    ensemble = ["--ensemble", str(foreign), "--dataset", "sst", "--fine-tune-mode", "full-model", "--data_dir",
+                str(course_rows), "--predictions_dir", str(tmp_path / "predictions")]
+    assert refusal(capsys, ensemble, classifier.main, "classifier.py").startswith(f"--ensemble {foreign}: {problem}")
+
+
 def test_a_k_shot_run_whose_training_file_changed_is_refused(runs, tmp_path, monkeypatch, capsys):
     moved = tmp_path / "moved"
     shutil.copytree(runs["paraphrase"], moved)
@@ -193,7 +178,8 @@ def test_a_k_shot_run_whose_training_file_changed_is_refused(runs, tmp_path, mon
 def test_standard_input_that_is_not_utf8_is_refused_with_its_line(runs, monkeypatch, capsys):
     monkeypatch.setattr(GPT2Model, "__init__", no_model)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"A fine film.\nCaf\xe9 society.\n")))
-    assert refusal(capsys, [str(runs["sentiment"])]) == "standard input, line 2: byte 0xe9 is not UTF-8"
+    assert refusal(capsys, [str(runs["sentiment"])]).startswith("standard input, line 2: byte 0xe9 (column 4) is not "
+                                                                "UTF-8")
 
 
 def test_a_sentence_cut_to_fit_the_context_is_warned_about_naming_the_input(runs, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Scale: torchrun with two gloo processes against one process, activation checkpointing, torch.compile, and the
 benchmark that compares our model's speed with transformers'."""
+import importlib
 import json
 import os
 import signal
@@ -32,15 +33,36 @@ SCRIPTS = {
 }
 
 
+def script_flags(script: str, checkpoint: Path, out: Path, *flags: str) -> list[str]:
+    """The flags of a run of `script` writing under `out`."""
+    flags_of_script, outputs, _ = SCRIPTS[script]
+    return ["--model_path", str(checkpoint), "--epochs", "2", "--batch_size", "8", "--lr", "1e-3",
+            "--run_dir", str(out / "run"), *flags_of_script, *outputs(out / "predictions"), *flags]
+
+
+def run_dir(script: str, out: Path) -> Path:
+    return out / "run" / SCRIPTS[script][2]
+
+
 def run_script(launcher: list[str], script: str, checkpoint: Path, out: Path, *flags: str) -> Path:
     """Run `script` writing under `out`; returns its run directory."""
-    flags_of_script, outputs, run_subdir = SCRIPTS[script]
-    command = [*launcher, script, "--model_path", str(checkpoint), "--epochs", "2", "--batch_size", "8",
-               "--lr", "1e-3", "--run_dir", str(out / "run"), *flags_of_script, *outputs(out / "predictions"), *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    finished = subprocess.run([*launcher, script, *script_flags(script, checkpoint, out, *flags)],
+                              capture_output=True, text=True, env=env, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    return out / "run" / run_subdir
+    return run_dir(script, out)
+
+
+def run_here(script: str, checkpoint: Path, out: Path, *flags: str) -> Path:
+    """Run `script` in this process (a start-up of Python and torch fewer), on one thread as each of torchrun's
+    processes runs; returns its run directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        importlib.import_module(script.removesuffix(".py")).main(script_flags(script, checkpoint, out, *flags))
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir(script, out)
 
 
 def dev_records(run_dir: Path) -> list[dict]:
@@ -60,7 +82,7 @@ def test_two_gloo_processes_match_one_process_accumulating_two_batches(tmp_path,
     # In batches of 8, 70 examples (9 batches) and 19 sonnets (3) leave the second process one batch short: it
     # repeats one at weight 0.
     run_two = run_script(TORCHRUN, script, checkpoint, tmp_path / "two")
-    run_one = run_script([sys.executable], script, checkpoint, tmp_path / "one", "--grad_accum", "2")
+    run_one = run_here(script, checkpoint, tmp_path / "one", "--grad_accum", "2")
 
     two, one = dev_records(run_two), dev_records(run_one)
     assert len(two) == len(one) == 2
@@ -82,9 +104,7 @@ def test_sigterm_to_torchrun_mid_epoch_then_resume_ends_bit_identical(tmp_path, 
     run_script(TORCHRUN, "classifier.py", checkpoint, tmp_path / "whole", *flags)
 
     split = tmp_path / "split"
-    command = [*TORCHRUN, "classifier.py", "--model_path", str(checkpoint), "--epochs", "2", "--batch_size", "8",
-               "--lr", "1e-3", "--run_dir", str(split / "run"), *SCRIPTS["classifier.py"][0],
-               *SCRIPTS["classifier.py"][1](split / "predictions"), *flags]
+    command = [*TORCHRUN, "classifier.py", *script_flags("classifier.py", checkpoint, split, *flags)]
     launched = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = split / "run/sst/metrics.jsonl"

@@ -119,7 +119,7 @@ def test_the_gold_sonnets_mostly_rhyme():
 
 @needs_gold
 def test_the_command_scores_the_gold_file_against_itself(capsys):
-    main(["sonnets", str(GOLD), str(GOLD)])
+    main(["sonnets", str(GOLD), str(GOLD), "--json"])
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["chrf"] == pytest.approx(100.0)
     assert metrics["count"] == 12

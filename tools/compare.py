@@ -1,7 +1,9 @@
 """Comparing finished runs. Runs of one task whose settings differ only in the seed, or in settings that do not
 change a run's results (output paths, speed switches, ...: `flags.setting`'s `changes_results`), form a
-group; each group's best dev metrics are the mean and standard deviation over its seeds. The comparison is a
-Markdown table, a CSV file and a picture of the dev curves; `python experiments.py compare` shows it.
+group; each group's best dev metrics are the mean and standard deviation over its seeds, which are distinct: of
+two runs of one group with the same seed (a run and its copy, or two search trials that drew the same values)
+one is left out, with a warning. The comparison is a Markdown table, a CSV file and a picture of the dev
+curves, the groups in order of their settings (numbers by value); `python experiments.py compare` shows it.
 """
 import csv
 import importlib
@@ -72,8 +74,8 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
 
 
 def compare(run_dirs: Sequence[Path]) -> list[Group]:
-    """The groups of the finished runs among `run_dirs`, by task, then by their first run's directory. An
-    unfinished run (one still training, stopped, or resumed and not yet finished) is left out with a
+    """The groups of the finished runs among `run_dirs`, by task, then by the values of the settings that differ
+    between them (`value_order`), then by their first run's directory. An unfinished run (one still training, stopped, or resumed and not yet finished) is left out with a
     warning: a sweep in progress can be compared as it goes."""
     finished = []
     for directory in run_dirs:
@@ -85,8 +87,34 @@ def compare(run_dirs: Sequence[Path]) -> list[Group]:
     by_settings: dict[tuple[str, str], list[FinishedRun]] = {}
     for run in finished:
         by_settings.setdefault((run.task, json.dumps(run.settings, sort_keys=True)), []).append(run)
-    members = sorted(by_settings.values(), key=lambda runs: (runs[0].task, min(run.directory for run in runs)))
-    return [group_of(runs, differing_settings(runs[0], [other[0] for other in members])) for runs in members]
+    members = [distinct_seeds(runs) for runs in by_settings.values()]
+    groups = [group_of(runs, differing_settings(runs[0], [other[0] for other in members])) for runs in members]
+    return sorted(groups, key=lambda group: (group.task, [value_order(value) for value in group.settings.values()],
+                                             min(group.runs)))
+
+
+def distinct_seeds(runs: list[FinishedRun]) -> list[FinishedRun]:
+    """The runs of one group, one per seed: the first by directory of each seed; each other is left out with a
+    warning naming both, since a run and its copy would count twice in the mean and shrink the spread."""
+    first: dict[int, FinishedRun] = {}
+    for run in sorted(runs, key=lambda run: run.directory):
+        if run.seed in first:
+            warnings.warn(f"{run.directory} is a run of the same settings and the same seed {run.seed} as "
+                          f"{first[run.seed].directory} (a copy of it?): left out, as a group's mean and spread are "
+                          "over distinct seeds")
+        else:
+            first[run.seed] = run
+    return list(first.values())
+
+
+def value_order(value: Any) -> tuple[int, Any]:
+    """How groups sort by a setting's value: numbers by value (1e-05 before 0.0001), then switches (off before
+    on), then text, then anything else by its JSON."""
+    if isinstance(value, bool):
+        return 1, value
+    if isinstance(value, (int, float)):
+        return 0, value
+    return (2, value) if isinstance(value, str) else (3, json.dumps(value))
 
 
 def read_run(directory: Path) -> FinishedRun | None:
@@ -190,19 +218,28 @@ def columns_of(groups: list[Group]) -> tuple[list[str], list[str]]:
 
 
 def value_text(value: Any) -> str:
-    """A setting's value in a table cell: as a message shows it, strings without their quotes."""
+    """A setting's value in a table cell: as a message shows it, strings without their quotes, switches on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return value if isinstance(value, str) else shown(value)
 
 
+def score_text(group: Group, metric: str) -> str:
+    """A dev metric of a group in a table cell: mean ± std over its seeds; a group of one run has no spread."""
+    if metric not in group.metrics:
+        return ""
+    mean, std = group.metrics[metric]
+    return f"{mean:.4f}" if len(group.runs) == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
 def markdown_table(groups: list[Group]) -> str:
-    """One row per group: the task, the flags that differ, each dev metric as mean ± std, the number of
-    seeds, the best epochs, the mean wall time and training tokens per second."""
+    """One row per group: the task, the flags that differ, each dev metric as mean ± std (`score_text`), the
+    number of seeds, the best epochs, the mean wall time and training tokens per second."""
     flags, metrics = columns_of(groups)
     header = ["task", *flags, *metrics, "seeds", "best epoch", "wall time (s)", "tokens/s"]
     rows = [header, ["---"] * len(header)]
     for group in groups:
-        scores = [f"{group.metrics[m][0]:.4f} ± {group.metrics[m][1]:.4f}" if m in group.metrics else ""
-                  for m in metrics]
+        scores = [score_text(group, m) for m in metrics]
         rows.append([group.task, *(value_text(group.settings[flag]) if flag in group.settings else ""
                                    for flag in flags),
                      *scores, str(len(group.seeds)), ", ".join(map(str, group.best_epochs)),
@@ -211,8 +248,9 @@ def markdown_table(groups: list[Group]) -> str:
 
 
 def write_csv(groups: list[Group], path: Path) -> None:
-    """The table of `markdown_table` as CSV, with a mean and a std column per dev metric and the seeds, best
-    epochs and run directories of each group (space-separated)."""
+    """The table of `markdown_table` as CSV, with a mean and a std column per dev metric (the std empty for a
+    group of one run) and the seeds, best epochs and run directories of each group (space-separated); where it
+    went is printed."""
     flags, metrics = columns_of(groups)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -221,10 +259,19 @@ def write_csv(groups: list[Group], path: Path) -> None:
     for group in groups:
         writer.writerow([group.task, *(value_text(group.settings[flag]) if flag in group.settings else ""
                                        for flag in flags),
-                         *(value for m in metrics for value in group.metrics.get(m, ("", ""))), len(group.seeds),
+                         *(value for m in metrics for value in csv_scores(group, m)), len(group.seeds),
                          " ".join(map(str, group.seeds)), " ".join(map(str, group.best_epochs)), group.wall_seconds,
                          group.tokens_per_second, " ".join(map(str, group.runs))])
     write_atomically(path, text.getvalue())
+    print(f"the table as CSV: {path}")
+
+
+def csv_scores(group: Group, metric: str) -> tuple[float | str, float | str]:
+    """A dev metric's mean and std in the CSV; empty where the group lacks the metric, the std for one run."""
+    if metric not in group.metrics:
+        return "", ""
+    mean, std = group.metrics[metric]
+    return mean, (std if len(group.runs) > 1 else "")
 
 
 def legend_label(group: Group, tasks: int) -> str:
@@ -260,6 +307,7 @@ def plot_dev_curves(groups: list[Group], path: Path) -> None:
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
+    print(f"the dev curves: {path}")
 
 
 # -----------------------------------------------------------------------------

@@ -14,6 +14,8 @@
     token_cache    tokenised datasets kept between runs
     inference      scoring a dataset in batches
     ensemble       an ensemble's runs, rebuilt from their records, and its vote
+    summary        what a task script says when it ends: its runs, files and the next commands
+    tensorboard_log  --tensorboard: metrics.jsonl's numbers as TensorBoard event files
 
 The course's files and metrics are in `course/`, the flags in `flags.py`; sweeps and comparisons, which drive
 the scripts from above, in `tools/`.

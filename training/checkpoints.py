@@ -1,5 +1,6 @@
 """Checkpoints: written atomically, loaded with `weights_only=True`, refused when they belong to another
 task or model, or damaged; and the random-number state a resumed run must continue from."""
+import errno
 import os
 import random
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flags import UserError
+from flags import UserError, errors_name
 from models.hf_checkpoint import load_torch_file
 from training.distributed import is_main
 
@@ -30,13 +31,17 @@ def checkpoint_identity(task: str, model: nn.Module) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temporary file and rename it, so a crash never leaves a half-written checkpoint.
-    Only the main process writes."""
+    Only the main process writes. A failure is an `OSError` naming `path`."""
     if not is_main():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    try:
+        with errors_name(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+    except RuntimeError as error:  # how torch.save reports a file it could not write, naming none
+        raise OSError(errno.EIO, f"not written ({' '.join(str(error).split())})", str(path)) from error
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any]:

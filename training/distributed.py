@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from flags import UserError, errors_name
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -57,9 +59,25 @@ def batches_for_this_process(batches: list[Batch]) -> list[tuple[Batch, float]]:
             for i in range(rank(), per_process * world_size(), world_size())]
 
 
-def write_on_main(write: Callable[..., None], path: Path, *contents: Any) -> None:
-    """`write(path, *contents)` in the main process only; every process returns once the file is there."""
+def main_only(action: Callable[[], None]) -> None:
+    """`action()` in the main process only; a `UserError` it raises is raised in every process, so that all
+    stop alike rather than wait for the main one."""
+    refusal = None
     if is_main():
-        write(path, *contents)
+        try:
+            action()
+        except UserError as error:
+            refusal = str(error)
+    refusal = gather_objects(refusal)[0]
+    if refusal is not None:
+        raise UserError(refusal)
+
+
+def write_on_main(write: Callable[..., None], path: Path, *contents: Any) -> None:
+    """`write(path, *contents)` in the main process only (a failure names `path`); every process returns once
+    the file is there."""
+    if is_main():
+        with errors_name(path):
+            write(path, *contents)
         print(f"wrote {path}")
     barrier()

@@ -40,7 +40,7 @@ class RunOrEnsembleSettings(RunSettings):
         super().__post_init__()
         if not self.ensemble:
             return
-        for name in ("run_dir", "resume", "overwrite"):
+        for name in ("run_dir", "resume", "overwrite", "tensorboard"):
             require(self, name, not getattr(self, name),
                     "not with --ensemble, which trains nothing: each --ensemble directory is a finished run")
         for directory in self.ensemble:
@@ -103,17 +103,22 @@ def read_members(cls: type[S], command: S, tasks: Collection[str],
         if members and task != members[0].task:
             raise UserError(f"--ensemble {directory}: a run of {task}, but {members[0].directory} is a run of "
                             f"{members[0].task}: an ensemble's runs share one task")
-        members.append(Member(directory, task, record,
-                              member_settings(cls, directory, record["settings"], command, from_command)))
+        given = {group: {name: getattr(getattr(command, group), name) for name in names}
+                 for group, names in from_command.items()}
+        try:
+            settings = member_settings(cls, record["settings"], given)
+        except UserError as error:
+            raise UserError(f"--ensemble {directory}: {error}") from None
+        members.append(Member(directory, task, record, settings))
     return members
 
 
-def member_settings(cls: type[S], directory: Path, recorded: dict[str, dict[str, Any]], command: S,
-                    from_command: dict[str, Collection[str]]) -> S:
-    """The settings the run in `directory` trained with, rebuilt as `cls` from `recorded` (settings.json's
-    `dataclasses.asdict` of each group), and so checked again. The fields `from_command` names, by group, are
-    `command`'s instead; a field the record lacks (it predates the setting) takes its default, as `--resume`
-    reads it."""
+def member_settings(cls: type[S], recorded: dict[str, dict[str, Any]], given: dict[str, dict[str, Any]]) -> S:
+    """The settings a run trained with, rebuilt as `cls` from `recorded` (its settings.json's
+    `dataclasses.asdict` of each group), and so checked again; refused in a line for its caller to prefix with
+    the run's name. The values `given` by group and field (what a command decides for the run) replace the
+    recorded ones; a field the record lacks (it predates the setting) takes its default, as `--resume` reads
+    it."""
     groups = {}
     try:
         for group in fields(cls):
@@ -122,22 +127,19 @@ def member_settings(cls: type[S], directory: Path, recorded: dict[str, dict[str,
             elif group.name not in recorded:
                 raise UserError(f"records no {group.name} settings")
             else:
-                groups[group.name] = rebuilt_group(group.type, recorded[group.name], getattr(command, group.name),
-                                                   from_command.get(group.name, ()))
+                groups[group.name] = rebuilt_group(group.type, recorded[group.name], given.get(group.name, {}))
         return cls(**groups)
     except (UserError, TypeError) as error:  # a TypeError: a value of the wrong type in the record
-        raise UserError(f"--ensemble {directory}: its {SETTINGS_FILE} does not rebuild the run's model with this "
-                        f"code: {error}") from None
+        raise UserError(f"its {SETTINGS_FILE} does not rebuild the run's model with this code: {error}") from None
 
 
-def rebuilt_group(cls: type, recorded: dict[str, Any], command: Any, from_command: Collection[str]) -> Any:
-    """The settings group `cls` from its record, with the fields `from_command` taken from `command`."""
+def rebuilt_group(cls: type, recorded: dict[str, Any], given: dict[str, Any]) -> Any:
+    """The settings group `cls` from its record, with the values `given` instead of the recorded ones."""
     unknown = sorted(recorded.keys() - {spec.name for spec in fields(cls)})
     if unknown:
         raise UserError(f"{unknown[0]!r} is not a setting of this code")
-    return cls(**{spec.name: getattr(command, spec.name) if spec.name in from_command
-                  else recorded_value(spec, recorded[spec.name])
-                  for spec in fields(cls) if spec.name in from_command or spec.name in recorded})
+    return cls(**{spec.name: given[spec.name] if spec.name in given else recorded_value(spec, recorded[spec.name])
+                  for spec in fields(cls) if spec.name in given or spec.name in recorded})
 
 
 def recorded_value(spec: Field, value: Any) -> Any:

@@ -26,11 +26,16 @@ from training.distributed import (Batch, all_reduce_sum, barrier, batches_for_th
                                   rank, world_size)
 from training.optimization import make_optimizer, make_scheduler, set_hyperparameters
 from training.run_dir import Run, RunResult
-from training.run_log import RunLog, read_records, training_speed
+from training.run_log import EPOCH_LOSS, RunLog, read_records, training_speed
 from training.settings import TrainSettings
 from training.signals import Interrupted, StopSignals
+from training.tensorboard_log import tensorboard_sink
 
 LossFunction = Callable[[Batch], torch.Tensor]
+# A dev loss (mean cross-entropy, in nats) above this means the model has blown up: no model that learned
+# anything scores it (a uniform guess among GPT-2's 50,257 tokens scores 10.8, among 5 classes 1.6).
+EXPLODED_LOSS = 100.0
+EXPLODED_GROWTH = 10  # so does a dev loss this many times the first epoch's
 
 
 class NonFiniteLoss(RuntimeError):
@@ -78,7 +83,7 @@ def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, pre
     try:
         trainer.fit(batches)
     except NonFiniteLoss as error:
-        raise SystemExit(f"{error}; stopping. {non_finite_advice(run, train)}") from None
+        raise SystemExit(f"{error}; stopping. {non_finite_advice(run, train, trainer.log.records)}") from None
     except Interrupted as interrupt:
         raise SystemExit(128 + interrupt.signum) from None  # the shell's code for death by that signal
     except torch.OutOfMemoryError:
@@ -96,11 +101,35 @@ def train_and_restore_best(model: nn.Module, run: Run, train: TrainSettings, pre
     return trainer.log
 
 
-def non_finite_advice(run: Run, train: TrainSettings) -> str:
-    lower = f"--resume --lr {train.lr / 10:g}" + ("" if train.clip_norm else " --clip_norm 1.0")
-    if run.last_checkpoint.is_file():
-        return f"{run.last_checkpoint} holds the last good state: continue from it more gently, e.g. add {lower}"
-    return f"No epoch has finished, so nothing was saved: start again more gently, e.g. add {lower}"
+def non_finite_advice(run: Run, train: TrainSettings, records: list[dict[str, Any]]) -> str:
+    """How to go on after a non-finite loss: from last.pt at a lower rate, unless no epoch has finished (then
+    --resume starts again) or the model last.pt holds has blown up (`blown_up`: resuming from it would diverge
+    again, so the run starts again with --overwrite)."""
+    gentler = f"--lr {train.lr / 10:g}" + ("" if train.clip_norm else " --clip_norm 1.0")
+    if not run.last_checkpoint.is_file():
+        return f"No epoch has finished, so nothing was saved: start again more gently, e.g. add --resume {gentler}"
+    exploded = blown_up(records)
+    if exploded:
+        return (f"{run.last_checkpoint} holds a model that had already blown up ({exploded}): resuming from it would "
+                f"diverge again, so start again more gently, e.g. {'drop --resume and ' if run.resume else ''}add "
+                f"--overwrite {gentler}")
+    return f"{run.last_checkpoint} holds the last good state: continue from it more gently, e.g. add --resume {gentler}"
+
+
+def blown_up(records: list[dict[str, Any]]) -> str | None:
+    """What shows that the model of the last finished epoch (the one last.pt holds) has blown up: its dev loss
+    is not finite, above `EXPLODED_LOSS`, or more than `EXPLODED_GROWTH` times the first epoch's; None when it
+    has not, or when the task's dev metrics hold no loss."""
+    dev = [record for record in records if record["split"] == "dev" and "loss" in record]
+    if not dev:
+        return None
+    first, last = dev[0]["loss"], dev[-1]["loss"]
+    if not math.isfinite(last) or last > EXPLODED_LOSS:
+        return f"its dev loss after epoch {dev[-1]['epoch']} is {last:g}"
+    if last > EXPLODED_GROWTH * first:
+        return (f"its dev loss after epoch {dev[-1]['epoch']}, {last:g}, is more than {EXPLODED_GROWTH} times epoch "
+                f"{dev[0]['epoch']}'s, {first:g}")
+    return None
 
 
 def out_of_memory_advice(run: Run, train: TrainSettings, precision: str) -> str:
@@ -118,6 +147,7 @@ class LossesSinceRead:
 
     def __init__(self, device: torch.device, step: int):
         self.device = device
+        self.epoch_total, self.epoch_weights = 0.0, 0.0  # every read since it was made (one epoch), on the host
         self.reset(step)
 
     def reset(self, step: int) -> None:
@@ -139,8 +169,13 @@ class LossesSinceRead:
             steps = f"step {step}" if step == self.first_step else f"steps {self.first_step}-{step}"
             raise NonFiniteLoss(f"the training loss is {value} at epoch {epoch}, optimizer {steps} (the loss is "
                                 "read every --log_every steps)")
+        self.epoch_total, self.epoch_weights = self.epoch_total + total, self.epoch_weights + weights
         self.reset(step)
         return value, stops > 0
+
+    def epoch_mean(self) -> float:
+        """The mean training loss of the epoch's steps read so far (after a mid-epoch resume: since it)."""
+        return self.epoch_total / max(self.epoch_weights, 1e-12)
 
 
 class Trainer:
@@ -176,10 +211,13 @@ class Trainer:
         resumed = self.run.resume and self.run.last_checkpoint.is_file()
         if resumed:
             self.resume()
+            if self.run.best_checkpoint.is_file():  # read when training ends: a damaged one is refused now
+                load_checkpoint(self.run.best_checkpoint, self.identity, torch.device("cpu"))
         self.session_started, self.seconds_before = time.time(), self.progress.wall_seconds
         records = read_records(self.run.log_file, self.progress.step) if resumed else []
         self.run.open()  # its barrier: every process has read the old log before the main one rewrites it
-        self.log = RunLog(self.run.log_file, self.run.curves_file, records)
+        self.log = RunLog(self.run.log_file, self.run.curves_file, records,
+                          tensorboard_sink(self.run.directory, self.run.tensorboard, records))
         if self.run.changes:
             print("from here on: " + ", ".join(f"{flag} {before} -> {now}"
                                                for flag, (before, now) in self.run.changes.items()))
@@ -313,11 +351,12 @@ class Trainer:
             raise Interrupted(signals.received or signal.SIGTERM)
 
     def log_epoch(self, seconds: float, tokens: int) -> None:
-        """The epoch's time, training tokens per second over every process, and peak GPU memory."""
+        """The epoch's time, training tokens per second over every process, its mean training loss, and peak GPU
+        memory."""
         if world_size() > 1:
             tokens = int(all_reduce_sum(torch.tensor([tokens], device=self.device)).item())
         record = {"split": "epoch", "epoch": self.progress.epoch, "step": self.progress.step, "seconds": seconds,
-                  "tokens_per_second": tokens / max(seconds, 1e-9)}
+                  "tokens_per_second": tokens / max(seconds, 1e-9), EPOCH_LOSS: self.unread.epoch_mean()}
         if self.device.type == "cuda":
             record["peak_memory_gb"] = max(self.peak_memory, torch.cuda.max_memory_allocated(self.device) / 2**30)
         self.log.log(**record)

@@ -1,6 +1,6 @@
 """The classification objective of classifier.py and paraphrase_detection.py, one set of flags for both:
 cross-entropy with label smoothing, multi-sample dropout, R-Drop, a SimCSE-style contrastive loss and GPT-1's
-auxiliary language-model loss."""
+auxiliary language-model loss; and whether the text is prepared as the course's code prepares it."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +15,8 @@ from modules.losses import info_nce, language_model_loss, symmetric_kl
 
 @dataclass(frozen=True)
 class ClassificationObjective:
-    """The loss: the fields of both classifying scripts' task settings (each script's record keeps them there)."""
+    """The loss, and how the text is prepared: the fields of both classifying scripts' task settings (each
+    script's record keeps them there)."""
     head_dropout: float = setting(0.0, "dropout before the decision")
     dropout_samples: int = setting(1, "multi-sample dropout: masks per step")
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
@@ -24,6 +25,10 @@ class ClassificationObjective:
                                       "positives, the batch's other examples negatives")
     contrastive_temperature: float = setting(0.05, "temperature of the contrastive loss")
     lm_loss: float = setting(0.0, "GPT-1's auxiliary language-model loss on the input, with this weight")
+    course_preprocessing: bool = setting(False, "prepare the text as the course's code does: lowercased, and Quora's "
+                                                "questions with . ? , ' split from their words. Off, the text is "
+                                                "as written, which suits GPT-2: it was trained on cased text, "
+                                                "where lowercased words often split into more, rarer tokens")
 
     def __post_init__(self) -> None:
         require_range(self, "head_dropout", 0, 1, high_open=True)

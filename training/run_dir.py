@@ -6,13 +6,19 @@ again). `--resume` compares the settings with the recorded ones: a setting that 
 trajectory (data, batch size, seed, strategy, ...) must be the same; an adjustable one (learning rate,
 clipping, epochs, ...) applies from the resume point on and is logged; the rest (output paths, decoding,
 speed switches) are free.
+
+One run at a time owns a run directory: its lock file (`run.lock`) names the process that holds it.
 """
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
+import warnings
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,13 +26,21 @@ from typing import Any
 import torch
 
 from course.files import write_atomically
-from flags import ADJUSTABLE, FIXED, UserError, flag_of, shown
-from training.distributed import barrier, is_main
+from flags import (ADJUSTABLE, FIXED, Paths, UserError, at_command_end, errors_name, flag_of,
+                   require_separate_paths, shown, sigterm_ends_command)
+from training import tensorboard_log
+from training.distributed import barrier, is_main, main_only
 from training.run_log import is_count, is_number
 from training.settings import ScriptSettings
 
 SETTINGS_FILE = "settings.json"
 BEST_CHECKPOINT = "best.pt"  # the weights of the best dev epoch, which write the predictions
+LOCK_FILE = "run.lock"
+RUN_FILE_NAMES = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", BEST_CHECKPOINT)
+# the --keep_best epochs, a checkpoint being written, and --tensorboard's event files
+RUN_FILE_GLOBS = ("epoch*.pt", "*.pt.tmp", f"{tensorboard_log.FOLDER}/{tensorboard_log.EVENT_FILES}")
+# Every file a run keeps in its directory, as glob patterns: no output of the command may take one's place.
+RUN_FILE_PATTERNS = (*RUN_FILE_NAMES, *RUN_FILE_GLOBS, LOCK_FILE)
 LIBRARIES = ("torch", "transformers", "numpy", "safetensors", "sacrebleu", "scikit-learn")
 RESUME_ADVICE = "the run cannot be resumed: start it again with --overwrite, or pick another --run_dir"
 # Settings that moved to another group since runs recorded them: (group, field) -> the group it is in now.
@@ -34,10 +48,18 @@ MOVED_SETTINGS = {("task", "eval_batch_size"): "train"}
 
 
 def run_files(directory: Path) -> list[Path]:
-    """The files of a run in `directory`: what `--overwrite` deletes, and nothing else."""
-    names = (SETTINGS_FILE, "metrics.jsonl", "curves.png", "last.pt", BEST_CHECKPOINT)
-    found = [directory / name for name in names if (directory / name).is_file()]
-    return found + sorted(directory.glob("epoch*.pt")) + sorted(directory.glob("*.pt.tmp"))
+    """The files of a run in `directory`: what `--overwrite` deletes, and nothing else (not the lock, which the
+    run that overwrites holds)."""
+    found = [directory / name for name in RUN_FILE_NAMES if (directory / name).is_file()]
+    return found + [path for pattern in RUN_FILE_GLOBS for path in sorted(directory.glob(pattern))]
+
+
+def require_separate_run_paths(settings: ScriptSettings, inputs: dict[str, Paths], outputs: dict[str, Paths],
+                               run_dirs: tuple[Path, ...]) -> None:
+    """The path rules of `flags.require_separate_paths` for a task script: its task's `inputs` and `outputs` by
+    flag, --model_path's folder (read), and `run_dirs`, where it trains (none when it trains nothing)."""
+    require_separate_paths({**inputs, "--model_path": settings.model.model_path}, outputs, {"--run_dir": run_dirs},
+                           RUN_FILE_PATTERNS)
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class Run:
     resume: bool = False
     overwrite: bool = False
     changes: dict[str, list[Any]] = field(default_factory=dict)
+    tensorboard: bool = False  # --tensorboard: the log's records as TensorBoard events too
 
     last_checkpoint: Path = field(init=False)
     best_checkpoint: Path = field(init=False)
@@ -126,14 +149,17 @@ class Run:
 
     def write_record(self) -> None:
         """Atomically: a run stopped while writing keeps its previous record whole."""
-        write_atomically(self.directory / SETTINGS_FILE, json.dumps(self.record, indent=2) + "\n")
+        with errors_name(self.directory / SETTINGS_FILE):
+            write_atomically(self.directory / SETTINGS_FILE, json.dumps(self.record, indent=2) + "\n")
 
 
 def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: dict[str, Path], command: list[str],
              device: torch.device) -> Run:
     """How a run of `task` in `directory` under `settings`, on `data_files` (paths by the flag that names
-    them), would start; checked before any data or model is loaded. Refused when it would replace a run
-    without --overwrite, or resume one under settings that decide another trajectory."""
+    them), would start; checked before any model is loaded. Refused when another run holds the directory
+    (`take_lock`, which comes first: before anything is read, or deleted by --overwrite), when it would replace
+    a run without --overwrite, or resume one under settings that decide another trajectory."""
+    main_only(lambda: take_lock(directory))
     resume, overwrite = settings.run.resume, settings.run.overwrite
     held = run_files(directory)
     if held and not (resume or overwrite):
@@ -146,7 +172,7 @@ def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: d
     if not (resume and held):
         if resume:
             print(f"{directory} holds no run yet: starting a new one there")
-        return Run(directory, task, device, record, overwrite=overwrite)
+        return Run(directory, task, device, record, overwrite=overwrite, tensorboard=settings.run.tensorboard)
     recorded = read_record(directory)
     if recorded["task"] != task:
         raise UserError(f"{directory} holds a run of {recorded['task']}, not {task}: pick another --run_dir")
@@ -156,7 +182,7 @@ def plan_run(settings: ScriptSettings, directory: Path, task: str, data_files: d
     resumed.append({"command": command, "changed": changes})
     unfinished = {key: value for key, value in recorded.items() if key != "result"}  # until it finishes again
     return Run(directory, task, device, {**unfinished, "settings": record["settings"], "resumed": resumed},
-               resume=True, changes=changes)
+               resume=True, changes=changes, tensorboard=settings.run.tensorboard)
 
 
 def read_record(directory: Path, advice: str = RESUME_ADVICE) -> dict[str, Any]:
@@ -251,3 +277,106 @@ def code_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head.stdout.strip() + (" with uncommitted changes" if status.stdout.strip() else "")
+
+
+# -----------------------------------------------------------------------------
+# one run at a time in a run directory
+
+# What to do about a file that cannot be written while a run holds its directory (ending with the flag to add).
+RESUME_AFTER_FAILURE = ("the run directory keeps the last good state: free space or make the folder writable, then "
+                        "add --resume")
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """The process a run directory's lock names."""
+    pid: int
+    host: str
+    since: str  # when it took the lock, in ISO 8601
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on {self.host} (since {self.since})"
+
+    def is_this_process(self) -> bool:
+        return self.pid == os.getpid() and self.host == socket.gethostname()
+
+    def is_gone(self) -> bool:
+        """Whether the owner no longer runs. Only a process of this host can be looked up; one of another
+        host (a shared file system) is taken to run."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)  # signal 0: delivers nothing, only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # it exists, as another user's
+            return False
+        return False
+
+
+def take_lock(directory: Path) -> None:
+    """Make this process the owner of `directory` (created if need be) until its command ends: create
+    `run.lock` atomically, naming this process. Refused, naming the owner, while another process holds it;
+    a lock whose process no longer exists on this host is taken over with a warning. When the command ends,
+    however it ends, the lock is removed (with the folders created for it, if still empty); a failed file
+    operation then ends it in one line advising --resume."""
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    mine = LockOwner(os.getpid(), socket.gethostname(), datetime.now().astimezone().isoformat(timespec="seconds"))
+    while not create_lock(path, mine):
+        owner = lock_owner(path)
+        if owner is None:  # released meanwhile
+            continue
+        if not owner.is_this_process():  # this process id's own is taken back without a word
+            if not owner.is_gone():
+                raise UserError(f"{directory} is in use by another run: {owner} holds {path}; wait for it to end, "
+                                "or pick another --run_dir")
+            warnings.warn(f"{path}: {owner} no longer runs; taking the run directory over")
+        path.unlink(missing_ok=True)
+
+    def release(kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        with contextlib.suppress(OSError):  # a folder that became unwritable keeps it: a later run takes it over
+            if path.read_text(encoding="utf-8") == lock_text(mine):  # not one that a later run took over
+                path.unlink()
+            for folder in created:  # innermost first, while empty
+                folder.rmdir()
+        if isinstance(error, OSError) and error.filename is not None:
+            raise UserError(f"{error.filename}: {error.strerror or error}; {RESUME_AFTER_FAILURE}") from None
+
+    at_command_end(release)
+    sigterm_ends_command()  # so that SIGTERM outside training releases the lock too
+
+
+def create_lock(path: Path, owner: LockOwner) -> bool:
+    """Create `path` naming `owner`, unless it exists (atomically: of two processes, one creates it)."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+        f.write(lock_text(owner))
+    return True
+
+
+def lock_text(owner: LockOwner) -> str:
+    return json.dumps(asdict(owner)) + "\n"
+
+
+def lock_owner(path: Path) -> LockOwner | None:
+    """The owner a lock names; None if it is gone. A lock that names none (being written by a run that is
+    starting, or left empty by one that crashed) is refused: nobody can tell whether its run goes on."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        text = str(error)
+    try:
+        owner = LockOwner(**json.loads(text))
+        if type(owner.pid) is int and owner.pid > 0 and isinstance(owner.host, str):
+            return owner
+    except (ValueError, TypeError):
+        pass
+    raise UserError(f"{path} names no owner ({text.strip()[:80]!r}): another run may be starting there; if none "
+                    f"is, delete {path}")

@@ -5,6 +5,7 @@ dataclasses back from the parsed flags, which checks every value: a bad flag sto
 before any data or model is loaded, in one line. Below the scripts, code receives these dataclasses, never the
 parsed flags.
 """
+import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
@@ -15,6 +16,7 @@ from models import hf_checkpoint
 from modules.lora import LORA_TARGETS
 from training.device import PRECISIONS
 from training.optimization import SCHEDULERS
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -135,11 +137,16 @@ class RunSettings:
     resume: bool = setting(False, "continue the run in --run_dir from its last checkpoint", on_resume=FREE)
     overwrite: bool = setting(False, "start again in a --run_dir that holds a run, deleting that run's files",
                               on_resume=FREE)
+    tensorboard: bool = setting(False, "also write metrics.jsonl's numbers as TensorBoard event files, in the run "
+                                       "directory's tensorboard/ (see them with: tensorboard --logdir runs)",
+                                on_resume=FREE)
 
     def __post_init__(self) -> None:
         require(self, "overwrite", not (self.resume and self.overwrite),
                 "cannot be combined with --resume: continue the run, or start it again")
         require_writable(self, "run_dir", directory=True)
+        require(self, "tensorboard", not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+                "needs the tensorboard package, which requirements.txt lists and this Python lacks")
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,8 @@ class ScriptSettings:
                 "do not cover")
         require(self.run, "resume", not self.run.resume or self.train.epochs > 0,
                 "continues training up to --epochs; give the run's --epochs (or more), not 0")
+        require(self.run, "tensorboard", not self.run.tensorboard or self.train.epochs > 0,
+                "logs training, and --epochs 0 trains nothing")
 
     def resolved(self, lr: float | None = None, batch_size: int | None = None) -> Self:
         """These settings with every default that a script or another setting decides filled in, once, at
