@@ -3,17 +3,15 @@ import pytest
 import torch
 
 import classifier
-from tests.conftest import save_hf_gpt2
 from training import loop
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_training_steps_synchronise_only_when_the_loss_is_read(monkeypatch, tmp_path):
+def test_training_steps_synchronise_only_when_the_loss_is_read(monkeypatch, tmp_path, tiny_checkpoint):
     """Between the reads of the loss (every --log_every steps, and at the epoch's end) no operation of the
     training loop waits for the GPU: torch.cuda's sync debug mode turns any such wait into an error."""
-    checkpoint = tmp_path / "model"
-    save_hf_gpt2(checkpoint, n_embd=64, n_layer=2, n_head=4, n_positions=128)
+    checkpoint = tiny_checkpoint[0]
     read, train_epoch, reads = loop.LossesSinceRead.read, loop.Trainer.train_epoch, []
 
     def read_where_syncing_is_expected(self, *args):

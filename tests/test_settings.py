@@ -16,7 +16,6 @@ import paraphrase_detection
 import sonnet_generation
 from course.files import read_predictions
 from models.gpt2 import GPT2Model
-from tests.conftest import save_hf_gpt2
 from training import loop
 
 SCRIPTS = {"classifier": classifier, "paraphrase": paraphrase_detection, "sonnets": sonnet_generation}
@@ -37,10 +36,8 @@ def base_flags(script: str, checkpoint: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("settings-gpt2")  # long enough a context for whole sonnets
-    save_hf_gpt2(directory, n_embd=32, n_layer=2, n_head=2, n_positions=256)
-    return directory
+def checkpoint(long_context_checkpoint: Path) -> Path:
+    return long_context_checkpoint  # long enough a context for whole sonnets
 
 
 def refusal(capsys: pytest.CaptureFixture, script: str, argv: list[str]) -> str:

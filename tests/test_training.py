@@ -11,13 +11,12 @@ from training.device import choose_device
 from training.model_setup import apply_strategy, gradual_unfreezing
 from training.optimization import (layer_of, lr_multiplier, make_optimizer, make_scheduler, parameter_groups,
                                    set_hyperparameters)
+from tests import conftest
 from training.settings import StrategySettings
 
 
 def tiny_gpt2() -> GPT2Model:
-    torch.manual_seed(0)
-    return GPT2Model(GPT2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                max_position_embeddings=64))
+    return conftest.tiny_gpt2(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=64)
 
 
 def strategy(**flags) -> StrategySettings:
