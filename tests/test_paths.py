@@ -15,6 +15,7 @@ import prepare_submit
 import sonnet_generation
 from flags import PROJECT, UserError
 from models.gpt2 import GPT2Model
+from tests.test_settings import base_flags
 from training import checkpoints, run_log
 
 SCRIPTS = {"classifier": classifier, "paraphrase": paraphrase_detection, "sonnets": sonnet_generation}
@@ -41,20 +42,6 @@ FLAGS = {
                 Flag("--held_out_path", INPUT), Flag("--model_path", MODEL), Flag("--sonnet_dev_out", OUTPUT),
                 Flag("--sonnet_out", OUTPUT), Flag("--run_dir", RUN_DIR)],
 }
-
-
-def base_flags(script: str, checkpoint: Path, out: Path) -> list[str]:
-    """A small run of `script` on the course data, writing everything under `out`."""
-    common = ["--model_path", str(checkpoint), "--epochs", "1", "--lr", "1e-3", "--run_dir", str(out / "run")]
-    if script == "classifier":
-        return common + ["--dataset", "sst", "--fine-tune-mode", "full-model", "--train_limit", "16", "--batch_size",
-                         "8", "--predictions_dir", str(out / "predictions")]
-    if script == "paraphrase":
-        return common + ["--train_limit", "16", "--para_dev_out", str(out / "predictions/dev.csv"),
-                         "--para_test_out", str(out / "predictions/test.csv")]
-    return common + ["--train_limit", "8", "--decoding", "greedy", "--max_new_tokens", "8",
-                     "--sonnet_dev_out", str(out / "predictions/dev.txt"),
-                     "--sonnet_out", str(out / "predictions/test.txt")]
 
 
 def naming(script: str, flag: Flag, path: Path, checkpoint: Path) -> list[str]:
