@@ -259,7 +259,7 @@ def test_every_link_between_the_documents_leads_somewhere() -> None:
 def missing_path(span: str) -> str | None:
     """What is wrong with a code span that names a project file or folder; None if it names none, or one
     that exists."""
-    if not re.fullmatch(r"[\w./-]+", span) or span.startswith(("/", "~")):
+    if not re.fullmatch(r"[\w./-]+", span) or span.startswith(("/", "~", "../")):  # outside the project
         return None
     if re.fullmatch(r"[\w./-]*\w\.py|docs/.*\.md|README\.md", span):
         return None if (ROOT / span).is_file() else "no such file"
